@@ -1,0 +1,30 @@
+"""Suite-wide guard: the run fails if labkit left any kernel object behind.
+
+It applies to the tests and to the notebooks (nbval) alike, because both are
+collected below this directory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# The venv's console scripts (labkit, labkit-runc) for tests and notebook kernels alike.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks():
+    if os.geteuid() != 0:
+        yield
+        return
+    from labkit import doctor
+
+    before = {str(leak) for leak in doctor.leaks()}
+    yield
+    after = [leak for leak in doctor.leaks() if str(leak) not in before]
+    if after:
+        doctor.reset()
+        pytest.fail("labkit leaked kernel objects or processes (now removed):\n  "
+                    + "\n  ".join(map(str, after)), pytrace=False)

@@ -1,0 +1,196 @@
+"""Command lines, kept thin: `labkit …` (the lab) and `labkit-runc …` (OCI runtime CLI)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from . import doctor, runtime, settings
+from .errors import LabkitError
+from .runtime.spec import Spec, default_spec
+
+
+# --- labkit -----------------------------------------------------------------------------
+def _bundle_for(target: str, cmd: list[str], hostname: str | None) -> tuple[str, bool]:
+    """A bundle dir for `target`: itself if it has config.json, else a temp one around a rootfs."""
+    target = os.path.abspath(target)
+    if os.path.exists(os.path.join(target, "config.json")):
+        if cmd or hostname:
+            spec = Spec.load(target)
+            if cmd:
+                spec.process.args = cmd
+            if hostname:
+                spec.hostname = hostname
+            bundle = tempfile.mkdtemp(prefix="labkit-bundle-")
+            spec.root.path = spec.rootfs_path(target)
+            spec.save(bundle)
+            return bundle, True
+        return target, False
+    if not os.path.isdir(target):
+        raise LabkitError(f"{target} is neither a bundle nor a root filesystem directory",
+                          "pass a directory with config.json, or a rootfs (see labkit.rootfs.build_busybox_rootfs)")
+    bundle = tempfile.mkdtemp(prefix="labkit-bundle-")
+    default_spec(cmd or ["sh"], rootfs=target, hostname=hostname or "labkit").save(bundle)
+    return bundle, True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    bundle, temporary = _bundle_for(args.target, args.cmd, args.hostname)
+    container_id = args.name or "run-" + uuid.uuid4().hex[:12]
+    try:
+        shim = runtime.create(container_id, bundle, stdin=None if args.interactive else subprocess.DEVNULL)
+        try:
+            runtime.start(container_id)
+            shim.wait()
+        except KeyboardInterrupt:
+            runtime.delete(container_id, force=True)
+            return 130
+        code = runtime.wait(container_id)
+        runtime.delete(container_id)
+        return code
+    finally:
+        if temporary:
+            shutil.rmtree(bundle, ignore_errors=True)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.leaks:
+        found = doctor.leaks()
+        print("\n".join(map(str, found)) if found else "no leaks: nothing of labkit's is left on this machine")
+        return 1 if found else 0
+    report = doctor.preflight()
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    done = doctor.reset()
+    print("\n".join(done) if done else "nothing to reset")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description="Container Lab: a container runtime built to learn from")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a command in a container made from a rootfs dir or a bundle")
+    run.add_argument("target", help="a root filesystem directory, or a bundle with config.json")
+    run.add_argument("--hostname")
+    run.add_argument("--name", help="container id (default: random)")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    run.add_argument("cmd", nargs="*", help="-- CMD ARGS... (default: sh)")
+    run.set_defaults(func=cmd_run)
+    doc = sub.add_parser("doctor", help="check this machine's kernel features (or, with --leaks, leftovers)")
+    doc.add_argument("--leaks", action="store_true", help="list kernel objects labkit left behind")
+    doc.set_defaults(func=cmd_doctor)
+    reset = sub.add_parser("reset", help="remove every container, mount, netns, link, cgroup and rule of labkit's")
+    reset.set_defaults(func=cmd_reset)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if cmd:
+        args.cmd = cmd
+    return _guarded(args.func, args)
+
+
+def _guarded(func, args) -> int:
+    try:
+        return func(args)
+    except LabkitError as err:
+        print(f"labkit: {err}", file=sys.stderr)
+        return 1
+
+
+# --- labkit-runc: the OCI runtime command line (runtime.md "Operations") -----------------------
+def runc_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit-runc", description="OCI runtime CLI (runc-compatible subset)")
+    parser.add_argument("--root", help="state directory (default: $LABKIT_RUN_ROOT/runtime)")
+    parser.add_argument("--log")
+    parser.add_argument("--log-format")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--systemd-cgroup", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    spec = sub.add_parser("spec", help="write a default config.json")
+    spec.add_argument("-b", "--bundle", default=".")
+    for name in ("create", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("-b", "--bundle", default=".")
+        p.add_argument("--pid-file")
+        p.add_argument("--console-socket")
+        p.add_argument("--no-pivot", action="store_true")
+        p.add_argument("--no-new-keyring", action="store_true")
+        p.add_argument("-d", "--detach", action="store_true")
+        p.add_argument("id")
+    for name in ("start", "state"):
+        sub.add_parser(name).add_argument("id")
+    kill = sub.add_parser("kill")
+    kill.add_argument("-a", "--all", action="store_true")
+    kill.add_argument("id")
+    kill.add_argument("signal", nargs="?", default="TERM")
+    delete = sub.add_parser("delete")
+    delete.add_argument("-f", "--force", action="store_true")
+    delete.add_argument("id")
+    listing = sub.add_parser("list")
+    listing.add_argument("-f", "--format", default="table")
+    listing.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    return _guarded(_runc, args)
+
+
+def _write_pid_file(path: str | None, pid: int) -> None:
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(pid))
+        os.replace(tmp, path)
+
+
+def _runc(args: argparse.Namespace) -> int:
+    root = args.root
+    if args.command == "spec":
+        path = os.path.join(args.bundle, "config.json")
+        if os.path.exists(path):
+            raise LabkitError(f"{path} already exists", "remove it first")
+        default_spec().save(args.bundle)
+        return 0
+    if args.command == "create":
+        runtime.create(args.id, args.bundle, stdin=None, root=root)
+        _write_pid_file(args.pid_file, runtime.state(args.id, root).pid)
+        return 0
+    if args.command == "run":
+        shim = runtime.create(args.id, args.bundle, stdin=None, root=root)
+        _write_pid_file(args.pid_file, runtime.state(args.id, root).pid)
+        runtime.start(args.id, root)
+        if args.detach:
+            return 0
+        shim.wait()
+        code = runtime.wait(args.id, root=root)
+        runtime.delete(args.id, root=root)
+        return code
+    if args.command == "start":
+        runtime.start(args.id, root)
+    elif args.command == "state":
+        print(json.dumps(runtime.state(args.id, root).oci(), indent=2))
+    elif args.command == "kill":
+        runtime.kill(args.id, args.signal, root)
+    elif args.command == "delete":
+        runtime.delete(args.id, force=args.force, root=root)
+    elif args.command == "list":
+        states = runtime.list_containers(root)
+        if args.quiet:
+            print("\n".join(s.id for s in states))
+        elif args.format == "json":
+            print(json.dumps([s.oci() for s in states]))
+        else:
+            print(f"{'ID':<20} {'PID':<8} {'STATUS':<10} BUNDLE")
+            for s in states:
+                print(f"{s.id:<20} {s.pid:<8} {s.status:<10} {s.bundle}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

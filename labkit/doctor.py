@@ -1,0 +1,270 @@
+"""Preflight (`labkit doctor`), leak census (`--leaks`) and `labkit reset`.
+
+Everything labkit makes is findable by name or place (DESIGN.md, "State on
+disk"): mounts under a path component starting with "labkit", netns
+"labkit-*", links "lk*"/"labkit*", cgroups "labkit*", nft table "labkit",
+and container state under the run roots. Nothing else is ever touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from . import namespaces, settings
+from .runtime import store
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        return f"{mark} {self.name}: {self.detail}" + ("" if self.ok or not self.fix else f"\n    fix: {self.fix}")
+
+
+@dataclasses.dataclass
+class Report:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def __str__(self) -> str:
+        return "\n".join(c.line() for c in self.checks)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __getitem__(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+
+# --- preflight -----------------------------------------------------------------------
+def cgroup_version() -> int:
+    """2 when /sys/fs/cgroup is the unified hierarchy, else 1 (v1 or hybrid)."""
+    try:
+        return 2 if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else 1
+    except OSError:
+        return 1
+
+
+def cgroup_controllers() -> list[str]:
+    if cgroup_version() == 2:
+        with open(os.path.join(CGROUP_ROOT, "cgroup.controllers")) as f:
+            return sorted(f.read().split())
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = post.split()
+            if fields and fields[0] == "cgroup":
+                found.update(o for o in fields[2].split(",") if o in _V1_CONTROLLERS)
+    return sorted(found)
+
+
+_V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+                   "net_cls", "net_prio", "hugetlb", "perf_event", "rdma", "misc"}
+
+
+def _probe_namespace(ns_type: str) -> tuple[bool, str]:
+    if not os.path.exists(f"/proc/self/ns/{namespaces.proc_name(ns_type)}"):
+        return False, "this kernel has no such namespace"
+    result = namespaces.spawn(["true"], [ns_type], timeout=20)
+    return result.returncode == 0, (result.stderr.strip().splitlines() or ["works"])[-1]
+
+
+def preflight() -> Report:
+    checks = [Check("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "not root",
+                    "run as root (sudo), or use the lab VM")]
+    for ns_type in namespaces.TYPES:
+        ok, detail = _probe_namespace(ns_type)
+        fix = "enable it in the kernel" if ns_type != "user" else \
+            "sysctl -w user.max_user_namespaces=15000 (and kernel.unprivileged_userns_clone=1 on Debian)"
+        checks.append(Check(f"namespace {ns_type}", ok, "can be created" if ok else detail, fix))
+    with open("/proc/filesystems") as f:
+        filesystems = f.read().split()
+    checks.append(Check("overlayfs", "overlay" in filesystems,
+                        "available" if "overlay" in filesystems else "not loaded", "modprobe overlay"))
+    version, controllers = cgroup_version(), cgroup_controllers()
+    layout = "v2 (unified)" if version == 2 else ("v1 hybrid" if os.path.exists(f"{CGROUP_ROOT}/unified") else "v1")
+    checks.append(Check("cgroups", bool(controllers), f"{layout}; controllers: {' '.join(controllers) or 'none'}",
+                        "mount cgroup2 on /sys/fs/cgroup or enable controllers"))
+    seccomp = _status_field("Seccomp") is not None
+    checks.append(Check("seccomp", seccomp, "supported" if seccomp else "not in this kernel",
+                        "use a kernel built with CONFIG_SECCOMP_FILTER"))
+    busybox = shutil.which("busybox")
+    checks.append(Check("busybox-static", bool(busybox), busybox or "missing", "apt-get install busybox-static"))
+    for peer in ("runc", "crun"):
+        path = shutil.which(peer)
+        checks.append(Check(f"peer {peer}", bool(path), path or "missing (only used for comparisons)",
+                            f"apt-get install {peer}"))
+    return Report(checks)
+
+
+def _status_field(name: str) -> str | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+# --- leaks ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Leak:
+    kind: str  # mount | netns | link | cgroup | nft | container | process
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.name}"
+
+
+def _is_labkit_path(path: str) -> bool:
+    return any(part.startswith("labkit") for part in path.split("/"))
+
+
+def _mounts() -> list[str]:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if _is_labkit_path(point):
+                found.append(point)
+    return found
+
+
+def _netns() -> list[str]:
+    return sorted(n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+                  if n.startswith("labkit"))
+
+
+def _links() -> list[str]:
+    return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(("lk", "labkit")))
+
+
+def _cgroups() -> list[str]:
+    found = []
+    for dirpath, dirnames, _ in os.walk(CGROUP_ROOT):
+        for d in list(dirnames):
+            if d.startswith("labkit"):
+                found.append(os.path.join(dirpath, d))
+                dirnames.remove(d)  # report the top of each labkit subtree
+        if dirpath.count("/") > 9:
+            dirnames[:] = []
+    return sorted(found)
+
+
+def _nft_tables() -> list[str]:
+    if not shutil.which("nft"):
+        return []
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return [line.strip() for line in out.splitlines() if line.split()[-1:] and line.split()[-1].startswith("labkit")]
+
+
+def _run_roots() -> list[str]:
+    roots = {settings.runtime_root(), "/run/labkit/runtime"}
+    roots.update(glob.glob("/tmp/labkit*/runtime") + glob.glob("/tmp/labkit*/*/runtime"))
+    return sorted(r for r in roots if os.path.isdir(r))
+
+
+def _shim_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"labkit.runtime.init" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def leaks() -> list[Leak]:
+    """Every kernel object or process that looks like labkit's and still exists."""
+    found = [Leak("mount", m) for m in _mounts()]
+    found += [Leak("netns", n) for n in _netns()]
+    found += [Leak("link", n) for n in _links()]
+    found += [Leak("cgroup", c) for c in _cgroups()]
+    found += [Leak("nft", t) for t in _nft_tables()]
+    for root in _run_roots():
+        found += [Leak("container", os.path.join(root, i)) for i in store.list_ids(root)]
+    found += [Leak("process", f"shim pid {p}") for p in _shim_pids()]
+    return found
+
+
+# --- reset ----------------------------------------------------------------------------------
+def reset() -> list[str]:
+    """Remove everything `leaks()` finds; returns what was done."""
+    done = []
+    for root in _run_roots():
+        for cid in store.list_ids(root):
+            saved = store.read_json(os.path.join(root, cid, "state.json")) or {}
+            pid = saved.get("pid")
+            if pid and store.proc_start_time(pid) == saved.get("start_time"):
+                os.kill(pid, signal.SIGKILL)
+                done.append(f"killed container {cid} (pid {pid})")
+            shutil.rmtree(os.path.join(root, cid), ignore_errors=True)
+            done.append(f"removed state of {cid}")
+    for pid in _shim_pids():
+        os.kill(pid, signal.SIGKILL)
+        done.append(f"killed shim pid {pid}")
+    for point in sorted(_mounts(), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+        done.append(f"unmounted {point}")
+    for name in _netns():
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        done.append(f"deleted netns {name}")
+    for name in _links():
+        subprocess.run(["ip", "link", "delete", name], capture_output=True)
+        done.append(f"deleted link {name}")
+    for table in _nft_tables():
+        subprocess.run(["nft", "delete", *table.split()], capture_output=True)
+        done.append(f"deleted nft {table}")
+    for group in _cgroups():
+        done += _remove_cgroup_tree(group)
+    return done
+
+
+def _remove_cgroup_tree(top: str) -> list[str]:
+    done = []
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda item: -item[0].count("/")):
+        procs = os.path.join(dirpath, "cgroup.procs")
+        for _ in range(50):
+            try:
+                with open(procs) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.rmdir(dirpath)
+                done.append(f"removed cgroup {dirpath}")
+                break
+            except OSError:
+                time.sleep(0.02)
+    return done
+
+
+if __name__ == "__main__":
+    print(preflight())
+    sys.exit(0)

@@ -1,0 +1,157 @@
+"""The syscall layer: the only module that calls libc or raw syscalls.
+
+Everything above it (namespaces, rootfs, runtime, ...) calls these small typed
+wrappers, so a learner can read exactly which kernel interface each step uses,
+and tests can check the per-architecture tables without root.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from .errors import SyscallError
+
+# --- per-architecture tables -------------------------------------------------
+# Syscall numbers differ per architecture (x86_64 has its own table; aarch64
+# uses the kernel's generic one), so they are looked up, never hard-coded.
+SYSCALLS: dict[str, dict[str, int]] = {
+    "x86_64": {
+        "getpid": 39, "clone": 56, "kill": 62, "setresuid": 117, "setresgid": 119,
+        "capget": 125, "capset": 126, "pivot_root": 155, "prctl": 157,
+        "chroot": 161, "mount": 165, "umount2": 166, "sethostname": 170,
+        "unshare": 272, "setns": 308, "seccomp": 317, "pidfd_open": 434,
+        "clone3": 435,
+    },
+    "aarch64": {
+        "getpid": 172, "clone": 220, "kill": 129, "setresuid": 147, "setresgid": 149,
+        "capget": 90, "capset": 91, "pivot_root": 41, "prctl": 167,
+        "chroot": 51, "mount": 40, "umount2": 39, "sethostname": 161,
+        "unshare": 97, "setns": 268, "seccomp": 277, "pidfd_open": 434,
+        "clone3": 435,
+    },
+}
+# seccomp filters must check the audit arch before trusting a syscall number.
+AUDIT_ARCH: dict[str, int] = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def machine_arch(machine: str | None = None) -> str:
+    """Normalise `uname -m` (or the given name) to a key of SYSCALLS."""
+    name = machine or platform.machine()
+    name = _ARCH_ALIASES.get(name, name)
+    if name not in SYSCALLS:
+        raise SyscallError("uname", 38, f"architecture {name!r}",
+                           hint="labkit supports x86_64 and aarch64 hosts")
+    return name
+
+
+def syscall_number(name: str, machine: str | None = None) -> int:
+    """The number of syscall `name` on this (or the given) architecture."""
+    return SYSCALLS[machine_arch(machine)][name]
+
+
+# --- flags ---------------------------------------------------------------------
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_STRICTATIME = 0x1000000
+MS_RELATIME = 0x200000
+
+MNT_FORCE = 0x1
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+# --- libc ----------------------------------------------------------------------
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(result: int, call: str, detail: str = "") -> int:
+    if result < 0:
+        raise SyscallError(call, ctypes.get_errno(), detail)
+    return result
+
+
+def _b(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def raw_syscall(name: str, *args: int | bytes | None) -> int:
+    """Call a syscall by name through the per-arch table (for calls glibc lacks)."""
+    return _check(_libc.syscall(ctypes.c_long(syscall_number(name)), *args), name)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): move this process into new namespaces of the given types."""
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", f"flags={flags:#x}")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace that `fd` (an open /proc/PID/ns/* file) names."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns", f"fd={fd}")
+
+
+def mount(source: str | None, target: str, fstype: str | None = None,
+          flags: int = 0, data: str | None = None) -> None:
+    """mount(2)."""
+    result = _libc.mount(_b(source), _b(target), _b(fstype),
+                         ctypes.c_ulong(flags), _b(data))
+    what = f"{fstype} {source}" if fstype else f"{source}"
+    _check(result, "mount", f"{what} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2); MNT_DETACH makes it lazy (gone now, freed when unused)."""
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): glibc has no wrapper, so this goes through the table."""
+    result = _libc.syscall(ctypes.c_long(syscall_number("pivot_root")),
+                           _b(new_root), _b(put_old))
+    _check(result, "pivot_root", f"{new_root}, {put_old}")
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2): affects the caller's UTS namespace only."""
+    data = name.encode()
+    _check(_libc.sethostname(data, ctypes.c_size_t(len(data))), "sethostname", name)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2)."""
+    args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
+    return _check(_libc.prctl(ctypes.c_int(option), *args), "prctl", f"option={option}")
+
+
+def set_pdeathsig(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies."""
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants get reparented to this process, not to PID 1."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
