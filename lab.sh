@@ -70,7 +70,7 @@ run_tests() {
 test_all() {
   if [ $# -gt 0 ]; then run_tests "$@"; return; fi
   local t0=$SECONDS
-  run_tests tests
+  run_tests
   say "host test suite: $((SECONDS - t0)) s"
 }
 

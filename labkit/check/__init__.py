@@ -1,0 +1,46 @@
+"""Exercise checks: each validates real kernel state and says what to fix.
+
+A chapter's checks live in labkit/check/chNN.py. Every check returns a
+Verdict, which prints as a ✓ line, or as a ✗ line with a specific hint, and
+can be asserted on (`assert verdict`) so nbval fails on a wrong answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class Verdict:
+    ok: bool
+    message: str
+    hint: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        if self.ok:
+            return f"✓ {self.message}"
+        return f"✗ {self.message}" + (f"\n  hint: {self.hint}" if self.hint else "")
+
+    def _repr_html_(self) -> str:
+        import html
+        color = "green" if self.ok else "#b00"
+        text = html.escape(repr(self)).replace("\n", "<br>")
+        return f'<pre style="color:{color}">{text}</pre>'
+
+
+def passed(message: str) -> Verdict:
+    return Verdict(True, message)
+
+
+def failed(message: str, hint: str) -> Verdict:
+    return Verdict(False, message, hint)
+
+
+def all_of(*verdicts: Verdict) -> Verdict:
+    """The first failing verdict, or one success that lists every check."""
+    for verdict in verdicts:
+        if not verdict:
+            return verdict
+    return passed("; ".join(v.message for v in verdicts))

@@ -1,0 +1,47 @@
+"""Small helpers the chapters share: a workspace that cleanup removes."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from . import doctor, rootfs, runtime
+
+
+class Workspace:
+    """A temp directory named labkit-<chapter>-*, for bundles and rootfs trees.
+
+    `cleanup()` deletes the chapter's containers and the directory, and
+    returns the leak census so the last cell can prove nothing is left.
+    """
+
+    def __init__(self, chapter: str) -> None:
+        self.path = tempfile.mkdtemp(prefix=f"labkit-{chapter}-")
+        os.chmod(self.path, 0o755)  # reachable by mapped uids in user namespaces
+        self.run_root = os.path.join(self.path, "run")
+        os.environ["LABKIT_RUN_ROOT"] = self.run_root
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.path!r})"
+
+    def sub(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def busybox_rootfs(self, name: str = "rootfs") -> str:
+        path = self.sub(name)
+        if not os.path.exists(path):
+            rootfs.build_busybox_rootfs(path)
+        return path
+
+    def bundle(self, name: str, args: list[str], **spec_kwargs) -> str:
+        """A bundle dir around the shared busybox rootfs, with a default spec."""
+        bundle = self.sub(name)
+        os.makedirs(bundle, exist_ok=True)
+        runtime.default_spec(args, rootfs=self.busybox_rootfs(), **spec_kwargs).save(bundle)
+        return bundle
+
+    def cleanup(self) -> list[doctor.Leak]:
+        for state in runtime.list_containers():
+            runtime.delete(state.id, force=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+        return doctor.leaks()
