@@ -1,0 +1,129 @@
+"""cgroups logic against fake v2 and v1 file layouts (no root, no kernel)."""
+import os
+
+import pytest
+
+from labkit import cgroups
+
+
+@pytest.mark.parametrize("shares, weight", [(2, 1), (1024, 39), (262144, 10000), (0, 0)])
+def test_shares_to_weight_matches_runc(shares, weight):
+    assert cgroups.shares_to_weight(shares) == weight
+
+
+def test_v2_swap_is_swap_alone():
+    assert cgroups.v2_swap_max(100, 300) == "200"
+    assert cgroups.v2_swap_max(100, -1) == "max"
+    assert cgroups.v2_swap_max(100, None) is None
+    with pytest.raises(cgroups.CgroupError, match="memory\\+swap"):
+        cgroups.v2_swap_max(300, 100)
+    with pytest.raises(cgroups.CgroupError, match="needs memory.limit"):
+        cgroups.v2_swap_max(None, 100)
+
+
+def test_parse_flat_keyed():
+    text = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"
+    assert cgroups.parse_flat_keyed(text)["oom_kill"] == 1
+    assert cgroups.parse_flat_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2")["oom_kill"] == 2
+
+
+def fake_v2(tmp_path):
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *a):  # the kernel populates a new group's interface files
+        real_mkdir(path, *a)
+        (tmp_path / path).joinpath("cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        (tmp_path / path).joinpath("cgroup.subtree_control").write_text("")
+        for f in ("memory.max", "memory.swap.max", "memory.low", "cpu.max", "cpu.weight", "pids.max",
+                  "io.max", "cpuset.cpus", "cpuset.mems"):
+            (tmp_path / path).joinpath(f).write_text("")
+    return root, mkdir
+
+
+def test_v2_create_enables_controllers_and_applies_oci_resources(tmp_path, monkeypatch):
+    root, mkdir = fake_v2(tmp_path)
+    monkeypatch.setattr(cgroups.os, "mkdir", mkdir)
+    g = cgroups.create("c1", root=str(root))
+    assert g.version == 2 and g.dirs[""] == str(root / "labkit" / "c1")
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io +memory +pids"
+    assert (root / "labkit" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io +memory +pids"
+    g.apply({"memory": {"limit": 104857600, "swap": 209715200, "reservation": 52428800},
+             "cpu": {"quota": 20000, "period": 100000, "shares": 1024, "cpus": "0"},
+             "pids": {"limit": 10},
+             "blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]}})
+    leaf = root / "labkit" / "c1"
+    read = lambda f: (leaf / f).read_text()
+    assert read("memory.max") == "104857600"
+    assert read("memory.swap.max") == "104857600"
+    assert read("memory.low") == "52428800"
+    assert read("cpu.max") == "20000 100000"
+    assert read("cpu.weight") == "39"
+    assert read("cpuset.cpus") == "0"
+    assert read("pids.max") == "10"
+    assert read("io.max") == "8:0 rbps=1048576"
+
+
+def test_v2_unlimited_values_are_max(tmp_path, monkeypatch):
+    root, mkdir = fake_v2(tmp_path)
+    monkeypatch.setattr(cgroups.os, "mkdir", mkdir)
+    g = cgroups.create("c2", root=str(root))
+    g.apply({"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 50000}, "pids": {"limit": -1}})
+    leaf = root / "labkit" / "c2"
+    assert (leaf / "memory.max").read_text() == "max"
+    assert (leaf / "cpu.max").read_text() == "max 50000"
+    assert (leaf / "pids.max").read_text() == "max"
+
+
+def test_v2_accounting_reads_kernel_formats(tmp_path):
+    d = tmp_path / "g"
+    d.mkdir()
+    (d / "memory.current").write_text("4096\n")
+    (d / "memory.peak").write_text("8192\n")
+    (d / "memory.max").write_text("max\n")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n")
+    (d / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\n"
+                                "nr_throttled 4\nthrottled_usec 900\n")
+    (d / "pids.current").write_text("3\n")
+    (d / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    g = cgroups.Cgroup("g", 2, {"": str(d)})
+    assert g.stats() == {"memory_usage": 4096, "memory_limit": None, "memory_peak": 8192, "oom_kills": 1,
+                         "pids": 3, "cpu_usage_usec": 1500, "cpu_user_usec": 1000, "cpu_system_usec": 500,
+                         "cpu_nr_periods": 10, "cpu_nr_throttled": 4, "cpu_throttled_usec": 900}
+    assert g.frozen()
+
+
+def test_v1_nests_under_own_cgroup_per_hierarchy(tmp_path, monkeypatch):
+    mounts = {c: str(tmp_path / c) for c in ("memory", "cpu", "cpuacct", "pids", "cpuset")}
+    for point in mounts.values():
+        os.makedirs(point)
+    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *a):
+        real_mkdir(path, *a)
+        if "/cpuset/" in path:
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (tmp_path / path).joinpath(f).write_text("")
+    monkeypatch.setattr(cgroups.os, "mkdir", mkdir)
+    own = {"memory": "/machine/me", "cpu": "/"}
+    g = cgroups._create_v1("c1", str(tmp_path), "labkit", mounts, own)
+    assert g.dirs["memory"] == str(tmp_path / "memory/machine/me/labkit/c1")
+    assert g.dirs["cpu"] == str(tmp_path / "cpu/labkit/c1")
+    assert (tmp_path / "cpuset/labkit/c1/cpuset.cpus").read_text() == "0-1"  # inherited, not empty
+    g.set_memory(limit=1 << 20, reservation=1 << 19)
+    g.set_cpu(quota=20000, period=100000, shares=512)
+    assert (tmp_path / "memory/machine/me/labkit/c1/memory.limit_in_bytes").read_text() == str(1 << 20)
+    assert (tmp_path / "memory/machine/me/labkit/c1/memory.soft_limit_in_bytes").read_text() == str(1 << 19)
+    assert (tmp_path / "cpu/labkit/c1/cpu.cfs_quota_us").read_text() == "20000"
+    assert (tmp_path / "cpu/labkit/c1/cpu.shares").read_text() == "512"
+
+
+def test_missing_v1_controller_says_so():
+    g = cgroups.Cgroup("x", 1, {"memory": "/nonexistent"})
+    with pytest.raises(cgroups.CgroupError, match="'pids' is not mounted"):
+        g.pids_current()
