@@ -190,3 +190,23 @@ def test_container_survives_its_caller(make_bundle, run_root):
         assert runtime.state("detached").status == "running"
     finally:
         runtime.delete("detached", force=True)
+
+
+def test_join_another_containers_namespaces_by_path(make_bundle):
+    """linux.namespaces[].path: the way a pod shares one network (and uts) namespace."""
+    first = make_bundle(["sleep", "30"], hostname="pod")
+    runtime.create("pod-infra", first)
+    try:
+        pid = runtime.state("pod-infra").pid
+
+        def join(spec):
+            for ns in spec.linux.namespaces:
+                if ns.type in ("network", "uts"):
+                    ns.path = f"/proc/{pid}/ns/{namespaces.proc_name(ns.type)}"
+            spec.hostname = None
+        result = runtime.run(make_bundle(["sh", "-c", "hostname; readlink /proc/self/ns/net"], edit=join))
+        hostname, net = result.stdout.split()
+        assert hostname == "pod"
+        assert net == f"net:[{namespaces.inspect(pid)['network'].inode}]"
+    finally:
+        runtime.delete("pod-infra", force=True)
