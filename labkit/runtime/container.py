@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import IO, Any
 
+from .. import cgroups
 from ..errors import ContainerError, LabkitError
 from . import store as st
 from .spec import Spec
@@ -133,12 +134,38 @@ def parse_signal(sig: int | str) -> int:
     return int(SIGNALS[name])
 
 
+def cgroup(container_id: str, root: str | None = None) -> cgroups.Cgroup:
+    """The container's cgroup, for limits and accounting (`docker stats`)."""
+    saved = st.load(container_id, root).cgroup
+    if not saved:
+        raise ContainerError(f"container {container_id!r} has no cgroup",
+                             "give its spec linux.resources or linux.cgroupsPath")
+    return cgroups.Cgroup(**saved)
+
+
+def pause(container_id: str, root: str | None = None) -> None:
+    """Freeze every process of the container (the cgroup freezer)."""
+    current = st.load(container_id, root)
+    if current.status != "running":
+        raise ContainerError(f"container {container_id!r} is {current.status}", "only a running container can be paused")
+    cgroup(container_id, root).freeze()
+    open(os.path.join(st.state_dir(container_id, root), "paused"), "w").close()
+
+
+def resume(container_id: str, root: str | None = None) -> None:
+    current = st.load(container_id, root)
+    if current.status != "paused":
+        raise ContainerError(f"container {container_id!r} is {current.status}", "only a paused container can be resumed")
+    cgroup(container_id, root).thaw()
+    os.unlink(os.path.join(st.state_dir(container_id, root), "paused"))
+
+
 def kill(container_id: str, sig: int | str = "TERM", root: str | None = None) -> None:
     """Send a signal to the container's init (its PID 1)."""
     current = st.load(container_id, root)
-    if current.status not in ("created", "running"):
+    if current.status not in ("created", "running", "paused"):
         raise ContainerError(f"container {container_id!r} is {current.status}",
-                             "only a created or running container can be signalled")
+                             "only a created, running or paused container can be signalled")
     os.kill(current.pid, parse_signal(sig))
 
 
@@ -170,12 +197,19 @@ def _alive(pid: int) -> bool:
 def delete(container_id: str, force: bool = False, root: str | None = None) -> None:
     """Remove a stopped container's state; with force, kill it first."""
     current = st.load(container_id, root)
-    if current.status in ("created", "running"):
+    if current.status in ("created", "running", "paused"):
         if not force:
             raise ContainerError(f"container {container_id!r} is {current.status}",
                                  "stop it first (kill ... KILL) or delete with force")
         os.kill(current.pid, _signal.SIGKILL)
+        if current.status == "paused":  # on cgroup v1 a frozen task dies only once thawed
+            cgroup(container_id, root).thaw()
     wait(container_id, timeout=10, root=root)
+    if current.cgroup:  # normally the shim removed it; not if the shim itself was killed
+        group = cgroups.Cgroup(**current.cgroup)
+        if any(os.path.isdir(d) for d in group.dirs.values()):
+            group.remove()
+            cgroups.remove_parents(group.name)
     directory = st.state_dir(container_id, root)
     _SHIMS.pop(directory, None)
     shutil.rmtree(directory)

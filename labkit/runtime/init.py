@@ -19,6 +19,7 @@ The notebook kernel never forks: it only starts this program.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -28,7 +29,7 @@ import sys
 import traceback
 from typing import Any
 
-from .. import namespaces, rootfs
+from .. import cgroups, namespaces, rootfs
 from .. import sys as lsys
 from ..errors import LabkitError
 from . import store as st
@@ -66,8 +67,10 @@ def _new_and_joined(spec: Spec) -> tuple[list[str], list[tuple[str, str]]]:
     return new, joined
 
 
-def stage1(spec: Spec, bundle: str, fifo: str, chan: Channel) -> None:
+def stage1(spec: Spec, bundle: str, fifo: str, chan: Channel, group: cgroups.Cgroup | None) -> None:
     try:
+        if group is not None:  # join before unsharing: the cgroup namespace is rooted here
+            group.add(os.getpid())
         new, joined = _new_and_joined(spec)
         # Opened while still host root (a user namespace would lose access).
         # O_RDWR never blocks on a FIFO: the init holds both ends until `start` writes.
@@ -153,6 +156,11 @@ def write_id_maps(pid: int, spec: Spec) -> None:
 def shim(container_id: str, bundle: str, directory: str, ready_fd: int) -> int:
     spec = Spec.load(bundle).validate(bundle)
     fifo = os.path.join(directory, "exec.fifo")
+    try:
+        group = make_cgroup(container_id, spec)
+    except LabkitError as err:
+        os.write(ready_fd, json.dumps({"error": err.what, "hint": err.hint}).encode())
+        return 1
     ours, theirs = socket.socketpair()
     chan = Channel(ours)
     lsys.set_child_subreaper()  # the container init is reparented to us when stage 1 exits
@@ -160,10 +168,11 @@ def shim(container_id: str, bundle: str, directory: str, ready_fd: int) -> int:
     if first == 0:
         ours.close()
         os.close(ready_fd)  # only the shim reports to the caller
-        stage1(spec, bundle, fifo, Channel(theirs))
+        stage1(spec, bundle, fifo, Channel(theirs), group)
     theirs.close()
 
     def fail(msg: dict[str, Any]) -> int:
+        remove_cgroup(group)
         os.write(ready_fd, json.dumps({"error": msg.get("message", "container init failed"),
                                        "hint": msg.get("hint", "")}).encode())
         return 1
@@ -191,14 +200,36 @@ def shim(container_id: str, bundle: str, directory: str, ready_fd: int) -> int:
     st.write_json(os.path.join(directory, "state.json"), {
         "id": container_id, "pid": pid, "start_time": start_time, "bundle": bundle,
         "shim_pid": os.getpid(), "annotations": spec.annotations or {},
+        "cgroup": dataclasses.asdict(group) if group else None,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     })
     os.write(ready_fd, json.dumps({"pid": pid}).encode())
     os.close(ready_fd)
     _detach_stdio()
     code = _reap(pid)
+    remove_cgroup(group)
     st.write_json(os.path.join(directory, "exit.json"), {"exit_code": code})
     return code
+
+
+def make_cgroup(container_id: str, spec: Spec) -> cgroups.Cgroup | None:
+    """The container's cgroup with its limits, made before any process exists."""
+    linux = spec.linux
+    if linux is None or not linux.wants_cgroup():
+        return None
+    group = cgroups.create(linux.cgroupsPath or container_id)
+    try:
+        group.apply(linux.resources)
+    except LabkitError:
+        remove_cgroup(group)
+        raise
+    return group
+
+
+def remove_cgroup(group: cgroups.Cgroup | None) -> None:
+    if group is not None:
+        group.remove()
+        cgroups.remove_parents(group.name)
 
 
 def _detach_stdio() -> None:

@@ -113,7 +113,12 @@ class Linux(_Model):
     namespaces: list[Namespace] = dataclasses.field(default_factory=list)
     uidMappings: list[IDMapping] | None = None
     gidMappings: list[IDMapping] | None = None
+    cgroupsPath: str | None = None
+    resources: dict[str, Any] | None = None  # OCI linux.resources, applied by labkit.cgroups
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def wants_cgroup(self) -> bool:
+        return bool(self.cgroupsPath or self.resources)
 
     def namespace(self, ns_type: str) -> Namespace | None:
         return next((n for n in self.namespaces if n.type == ns_type), None)

@@ -65,19 +65,20 @@ class State:
     """The OCI state of one container (see runtime.md, "State")."""
 
     id: str
-    status: str  # creating | created | running | stopped
+    status: str  # creating | created | running | paused | stopped
     pid: int
     bundle: str
     annotations: dict[str, str]
     shim_pid: int = 0
     exit_code: int | None = None
     created: str = ""
+    cgroup: dict[str, Any] | None = None  # labkit.cgroups.Cgroup fields, if the container has one
 
     def oci(self) -> dict[str, Any]:
         """Exactly the fields the OCI runtime spec defines for `state`."""
         out: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": self.id, "status": self.status,
                                "bundle": self.bundle}
-        if self.status in ("created", "running"):
+        if self.status in ("created", "running", "paused"):
             out["pid"] = self.pid
         if self.annotations:
             out["annotations"] = self.annotations
@@ -96,12 +97,14 @@ def load(container_id: str, root: str | None = None) -> State:
         status = "stopped"
     elif os.path.exists(os.path.join(directory, "exec.fifo")):
         status = "created"
+    elif os.path.exists(os.path.join(directory, "paused")):
+        status = "paused"
     else:
         status = "running"
     return State(id=container_id, status=status, pid=saved["pid"], bundle=saved["bundle"],
                  annotations=saved.get("annotations") or {}, shim_pid=saved["shim_pid"],
                  exit_code=exit_info["exit_code"] if exit_info else None,
-                 created=saved.get("created", ""))
+                 created=saved.get("created", ""), cgroup=saved.get("cgroup"))
 
 
 def list_ids(root: str | None = None) -> list[str]:
