@@ -1,0 +1,1 @@
+"""labkit.images: OCI images — content-addressed blobs, layers, overlay assembly, build."""
