@@ -20,6 +20,7 @@ class Workspace:
         os.chmod(self.path, 0o755)  # reachable by mapped uids in user namespaces
         self.run_root = os.path.join(self.path, "run")
         os.environ["LABKIT_RUN_ROOT"] = self.run_root
+        self._before = {str(leak) for leak in doctor.leaks()}  # e.g. another chapter still open
 
     def __repr__(self) -> str:
         return f"Workspace({self.path!r})"
@@ -41,7 +42,8 @@ class Workspace:
         return bundle
 
     def cleanup(self) -> list[doctor.Leak]:
+        """Remove this chapter's containers and files; what of this chapter's is still left."""
         for state in runtime.list_containers():
             runtime.delete(state.id, force=True)
         shutil.rmtree(self.path, ignore_errors=True)
-        return doctor.leaks()
+        return [leak for leak in doctor.leaks() if str(leak) not in self._before]
