@@ -10,7 +10,8 @@ HERE=$PWD
 VENV=${LAB_VENV:-$HERE/.venv}
 PY=${LAB_PYTHON:-/usr/bin/python3}
 APT_PACKAGES=(python3 python3-venv python3-dev gcc busybox-static runc crun iproute2 nftables
-              util-linux kmod procps ca-certificates)
+              util-linux kmod procps ca-certificates
+              docker-registry skopeo openssl)  # chapter 05 / labkit.registry: a loopback registry and a peer
 
 say() { printf '\033[1m[lab]\033[0m %s\n' "$*" >&2; }
 
@@ -30,6 +31,10 @@ install_apt() {
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+      # the package starts a registry on :5000 (all interfaces); the lab runs its own on loopback
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
   fi
 }
 

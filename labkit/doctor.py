@@ -195,6 +195,28 @@ def _shim_pids() -> list[int]:
     return pids
 
 
+_REGISTRY_BINARIES = {b"docker-registry", b"registry"}
+
+
+def _registry_processes() -> list[tuple[int, str]]:
+    """docker-registry processes serving a config under a labkit path (labkit.registry.LocalRegistry)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) in _REGISTRY_BINARIES:
+            args = [a.decode(errors="replace") for a in argv[1:]]
+            config = next((a for a in args if _is_labkit_path(a)), None)
+            if config:
+                found.append((int(entry), config))
+    return found
+
+
 def leaks() -> list[Leak]:
     """Every kernel object or process that looks like labkit's and still exists."""
     found = [Leak("mount", m) for m in _mounts()]
@@ -205,6 +227,7 @@ def leaks() -> list[Leak]:
     for root in _run_roots():
         found += [Leak("container", os.path.join(root, i)) for i in store.list_ids(root)]
     found += [Leak("process", f"shim pid {p}") for p in _shim_pids()]
+    found += [Leak("process", f"registry pid {p} ({config})") for p, config in _registry_processes()]
     return found
 
 
@@ -224,6 +247,13 @@ def reset() -> list[str]:
     for pid in _shim_pids():
         os.kill(pid, signal.SIGKILL)
         done.append(f"killed shim pid {pid}")
+    for pid, config in _registry_processes():
+        os.kill(pid, signal.SIGKILL)
+        done.append(f"killed registry pid {pid}")
+        root = os.path.dirname(config)
+        if os.path.basename(root).startswith("labkit-registry-"):
+            shutil.rmtree(root, ignore_errors=True)
+            done.append(f"removed {root}")
     for point in sorted(_mounts(), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
         done.append(f"unmounted {point}")
@@ -241,8 +271,20 @@ def reset() -> list[str]:
     return done
 
 
+def _thaw_tree(top: str) -> None:
+    """Thaw frozen groups, top down: on cgroup v1 a frozen task ignores SIGKILL until thawed."""
+    for dirpath, _, _ in os.walk(top):
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            try:
+                with open(os.path.join(dirpath, name), "w") as f:
+                    f.write(value)
+            except OSError:
+                pass
+
+
 def _remove_cgroup_tree(top: str) -> list[str]:
     done = []
+    _thaw_tree(top)
     for dirpath, _, _ in sorted(os.walk(top), key=lambda item: -item[0].count("/")):
         procs = os.path.join(dirpath, "cgroup.procs")
         for _ in range(50):

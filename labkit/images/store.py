@@ -114,6 +114,32 @@ class Store:
                 os.unlink(tmp)
             raise
 
+    def put_file(self, path: str, expected: str, size: int | None = None) -> str:
+        """Move a file already written on this filesystem (a finished download) into the
+        store, after its digest and size match; on a mismatch the file is deleted."""
+        check_digest(expected)
+        try:
+            h = hashlib.sha256()
+            total = 0
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
+                    total += len(chunk)
+                os.fsync(f.fileno())
+            digest = "sha256:" + h.hexdigest()
+            if size is not None and total != size:
+                raise DigestError(f"content is {total} bytes, expected {size}",
+                                  "the transfer was truncated or padded; nothing was stored — fetch it again")
+            if digest != expected:
+                raise DigestError(f"content digest {digest} does not match the expected {expected}",
+                                  "the blob was corrupted or tampered with; nothing was stored — fetch it again")
+            os.replace(path, self.blob_path(digest))
+            return digest
+        except BaseException:
+            if os.path.exists(path):
+                os.unlink(path)
+            raise
+
     def put_json(self, obj: Any) -> tuple[str, int]:
         data = canonical_json(obj)
         return self.put_blob(data), len(data)

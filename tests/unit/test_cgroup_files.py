@@ -127,3 +127,91 @@ def test_missing_v1_controller_says_so():
     g = cgroups.Cgroup("x", 1, {"memory": "/nonexistent"})
     with pytest.raises(cgroups.CgroupError, match="'pids' is not mounted"):
         g.pids_current()
+
+
+def fake_v1_memory(tmp_path, limit, memsw):
+    d = tmp_path / "memory" / "g"
+    d.mkdir(parents=True)
+    (d / "memory.limit_in_bytes").write_text(f"{limit}\n")
+    (d / "memory.memsw.limit_in_bytes").write_text(f"{memsw}\n")
+    (d / "memory.soft_limit_in_bytes").write_text("0\n")
+    g = cgroups.Cgroup("g", 1, {"memory": str(d)})
+    writes = []
+    real_write = cgroups.Cgroup.write
+
+    def write(self, controller, filename, value):  # the kernel's rule: limit <= memsw after every write
+        real_write(self, controller, filename, value)
+        writes.append(filename)
+        lim, sw = int(self.read("memory", "memory.limit_in_bytes")), int(self.read("memory", "memory.memsw.limit_in_bytes"))
+        assert sw == -1 or (lim != -1 and lim <= sw), f"kernel would refuse: limit {lim} > memsw {sw}"
+    return g, writes, write
+
+
+@pytest.mark.parametrize("old, new, first", [
+    (64, 128, "memory.memsw.limit_in_bytes"),  # raising: memory+swap first
+    (128, 48, "memory.limit_in_bytes"),  # lowering: the limit first
+])
+def test_v1_memory_and_swap_are_written_in_the_order_the_kernel_accepts(tmp_path, monkeypatch, old, new, first):
+    g, writes, write = fake_v1_memory(tmp_path, old << 20, old << 20)
+    monkeypatch.setattr(cgroups.Cgroup, "write", write)
+    g.set_memory(limit=new << 20, swap=new << 20)
+    assert writes[0] == first
+    assert g.memory_limit() == new << 20
+
+
+def test_v1_unlimited_memory_unlimits_memory_and_swap(tmp_path, monkeypatch):
+    g, writes, write = fake_v1_memory(tmp_path, 64 << 20, 64 << 20)
+    monkeypatch.setattr(cgroups.Cgroup, "write", write)
+    g.set_memory(limit=-1)
+    assert writes == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]  # as runc does
+
+
+def test_remove_parents_takes_absolute_paths_from_the_root_and_only_labkit_dirs(tmp_path, monkeypatch):
+    mounts = {c: str(tmp_path / c) for c in ("memory", "pids")}
+    monkeypatch.setattr(cgroups, "v1_mounts", lambda: mounts)
+    monkeypatch.setattr(cgroups, "own_v1_paths", lambda: {"memory": "/machine/me", "pids": "/"})
+    for c in mounts:
+        (tmp_path / c / "labkit-peer").mkdir(parents=True)  # "/labkit-peer/x": from the root
+        (tmp_path / c / "system.slice").mkdir()
+    (tmp_path / "memory" / "machine" / "me" / "labkit").mkdir(parents=True)  # "x": under our own
+    cgroups.remove_parents("/labkit-peer/x", root=str(tmp_path))
+    cgroups.remove_parents("/system.slice/x", root=str(tmp_path))
+    cgroups.remove_parents("x", root=str(tmp_path))
+    assert not (tmp_path / "memory" / "labkit-peer").exists() and not (tmp_path / "pids" / "labkit-peer").exists()
+    assert (tmp_path / "memory" / "system.slice").exists()  # not labkit's: never removed
+    assert not (tmp_path / "memory" / "machine" / "me" / "labkit").exists()
+    assert (tmp_path / "memory" / "machine" / "me").exists()
+
+
+def test_create_retries_when_a_parent_vanishes(tmp_path, monkeypatch):
+    calls = []
+
+    def flaky(name, root, parent):
+        calls.append(name)
+        if len(calls) < 3:  # another container's exit rmdir'ed the shared labkit parent
+            raise FileNotFoundError(2, "No such file or directory", f"{root}/labkit")
+        return cgroups.Cgroup(name, 2, {"": f"{root}/labkit/{name}"})
+    monkeypatch.setattr(cgroups, "_create_v2", flaky)
+    (tmp_path / "cgroup.controllers").write_text("memory\n")
+    assert cgroups.create("c", root=str(tmp_path)).name == "c" and len(calls) == 3
+
+
+def test_io_throttle_on_a_missing_disk_says_not_available(tmp_path):
+    d = tmp_path / "g"
+    d.mkdir()
+    g = cgroups.Cgroup("g", 2, {"": str(d)})
+    with pytest.raises(cgroups.CgroupError, match="not available here: no io.max"):
+        g.set_io_bps("8:0", read_bps=1)
+    with pytest.raises(cgroups.CgroupError, match="not available here.*not on a block device"):
+        cgroups.block_device("/proc")
+
+
+@pytest.mark.parametrize("resources, match", [
+    ({"pids": 20}, "linux.resources.pids must be an object"),
+    ({"memory": 64}, "linux.resources.memory must be an object"),
+    ([1, 2], "linux.resources must be an object"),
+])
+def test_malformed_resources_say_what_is_wrong(resources, match):
+    g = cgroups.Cgroup("x", 2, {"": "/nonexistent"})
+    with pytest.raises(cgroups.CgroupError, match=match):
+        g.apply(resources)
