@@ -136,8 +136,10 @@ class Cgroup:
             with open(path, "w") as f:
                 f.write(str(value))
         except OSError as err:
-            raise CgroupError(f"writing {value!r} to {path} failed: {os.strerror(err.errno)}",
-                              _write_hint(err.errno, filename)) from None
+            error = CgroupError(f"writing {value!r} to {path} failed: {os.strerror(err.errno)}",
+                                _write_hint(err.errno, filename))
+            error.errno = err.errno  # type: ignore[attr-defined]  # for callers that tell cases apart
+            raise error from None
 
     def has(self, controller: str, filename: str) -> bool:
         try:
@@ -169,10 +171,22 @@ class Cgroup:
             if reservation is not None:
                 self.write("memory", "memory.low", limit_value(reservation))
             return
-        if limit is not None:  # v1 wants memsw >= limit at all times: order matters
+        # v1 wants limit <= memsw (memory+swap) after every single write, so the order
+        # depends on the values already there (as runc's setMemoryAndSwap does it).
+        memsw = self.has("memory", "memory.memsw.limit_in_bytes")
+        if limit == -1 and swap is None and memsw:
+            swap = -1  # unlimited memory: unlimited memory+swap too, or the kernel refuses
+        if not memsw:
+            swap = None
+        if limit is not None and swap is not None and \
+                (swap == -1 or int(self.read("memory", "memory.limit_in_bytes")) < swap):
+            self.write("memory", "memory.memsw.limit_in_bytes", swap)  # raising: memsw first
             self.write("memory", "memory.limit_in_bytes", limit)
-        if swap is not None and self.has("memory", "memory.memsw.limit_in_bytes"):
-            self.write("memory", "memory.memsw.limit_in_bytes", swap)
+        else:
+            if limit is not None:
+                self.write("memory", "memory.limit_in_bytes", limit)
+            if swap is not None:
+                self.write("memory", "memory.memsw.limit_in_bytes", swap)
         if reservation is not None:
             self.write("memory", "memory.soft_limit_in_bytes", reservation)
 
@@ -200,7 +214,22 @@ class Cgroup:
             self.write("pids", "pids.max", limit_value(limit if limit > 0 else None))
 
     def set_io_bps(self, device: str, read_bps: int | None = None, write_bps: int | None = None) -> None:
-        """Throttle a block device ("MAJ:MIN") in bytes per second."""
+        """Throttle a block device ("MAJ:MIN", a whole disk) in bytes per second."""
+        try:
+            self._set_io_bps(device, read_bps, write_bps)
+        except CgroupError as err:
+            if getattr(err, "errno", None) != errno.ENODEV:
+                raise
+            raise CgroupError(f"IO throttling is not available here: {device} is not a whole disk "
+                              "(the kernel answered ENODEV)",
+                              "throttles name a whole disk by MAJ:MIN (see /proc/partitions or lsblk); "
+                              "labkit.cgroups.block_device(path) finds the one a path lives on") from None
+
+    def _set_io_bps(self, device: str, read_bps: int | None, write_bps: int | None) -> None:
+        if self.version == 2 and not self.has("io", "io.max"):
+            raise CgroupError(f"IO throttling is not available here: no io.max in {self._dir('io')}",
+                              "the io controller is not enabled for this group (cgroup.subtree_control "
+                              "of its parents); see `labkit doctor`")
         if self.version == 2:
             parts = [device] + ([f"rbps={read_bps}"] if read_bps is not None else []) + \
                     ([f"wbps={write_bps}"] if write_bps is not None else [])
@@ -214,6 +243,7 @@ class Cgroup:
     def apply(self, resources: dict[str, Any] | None) -> None:
         """Apply OCI linux.resources (memory, cpu, pids, blockIO throttles)."""
         resources = resources or {}
+        _check_shape(resources)
         mem = resources.get("memory") or {}
         if mem:
             self.set_memory(mem.get("limit"), mem.get("swap"), mem.get("reservation"))
@@ -329,7 +359,27 @@ class Cgroup:
         return f"Cgroup({self.name!r}, v{self.version}, {where})"
 
 
+_EXAMPLES = {"memory": "{'limit': 67108864}", "cpu": "{'quota': 50000, 'period': 100000}",
+             "pids": "{'limit': 32}", "blockIO": "{'throttleReadBpsDevice': [{'major': 8, 'minor': 0, 'rate': 1048576}]}"}
+
+
+def _check_shape(resources: Any) -> None:
+    """OCI linux.resources and each of its sections are objects (dicts): say so if not."""
+    if not isinstance(resources, dict):
+        raise CgroupError(f"linux.resources must be an object, not {type(resources).__name__}",
+                          "see the OCI runtime spec, config-linux.md: e.g. {'pids': {'limit': 32}}")
+    for key, example in _EXAMPLES.items():
+        if resources.get(key) is not None and not isinstance(resources[key], dict):
+            raise CgroupError(f"linux.resources.{key} must be an object, not {resources[key]!r}",
+                              f"write it as in the OCI runtime spec, e.g. {key!r}: {example}")
+
+
 def _write_hint(err: int, filename: str) -> str:
+    if err == errno.EINVAL and filename == "memory.limit_in_bytes":
+        return ("cgroup v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes (memory+swap): "
+                "set swap too, e.g. set_memory(limit=L, swap=L)")
+    if err == errno.ENODEV:
+        return "no such block device here, or it is a partition: throttles take a whole disk's MAJ:MIN"
     if err == errno.EINVAL:
         return f"the kernel refused the value for {filename}: check its format and range"
     if err == errno.EBUSY:
@@ -367,9 +417,19 @@ def create(name: str, root: str = CGROUP_ROOT, parent: str = PARENT) -> Cgroup:
     `name` may contain '/', and an absolute name (an OCI cgroupsPath like
     "/labkit-x/y") is taken from the hierarchy root instead of labkit's parent.
     """
-    if version(root) == 2:
-        return _create_v2(name, root, parent)
-    return _create_v1(name, root, parent)
+    for attempt in range(20):
+        try:
+            if version(root) == 2:
+                return _create_v2(name, root, parent)
+            return _create_v1(name, root, parent)
+        except FileNotFoundError as err:
+            # Another container's exit removed the shared (then empty) labkit parent
+            # between our mkdir of it and of our group: make it again.
+            if attempt == 19:
+                raise CgroupError(f"creating cgroup {name} failed: {err.strerror}: {err.filename}",
+                                  "a parent cgroup keeps disappearing; is something removing it?") from None
+            time.sleep(0.005)
+    raise AssertionError("unreachable")
 
 
 def _relative(name: str, base: str) -> str:
@@ -422,18 +482,40 @@ def _inherit_cpuset(path: str) -> None:
 
 
 def remove_parents(name: str, root: str = CGROUP_ROOT, parent: str = PARENT) -> None:
-    """rmdir labkit's (now empty) parent directories left by `create`; others stay."""
+    """rmdir labkit's (now empty) parent directories left by `create`; others stay.
+
+    Only parents named labkit* are labkit's: an absolute cgroupsPath like
+    "/system.slice/x" never removes system.slice, even when it is empty.
+    """
+    absolute = name.startswith("/")
     if version(root) == 2:
         bases = [root]
+    elif absolute:  # taken from each hierarchy's root, as _create_v1 made it
+        bases = [p for p in v1_mounts().values() if p.startswith(root)]
     else:
         own = own_v1_paths()
         bases = [os.path.join(p, own.get(c, "/").lstrip("/")) for c, p in v1_mounts().items() if p.startswith(root)]
     rel = os.path.dirname(_relative(name, parent))
     for base in set(bases):
         parts = rel.split("/") if rel else []
-        while parts:
+        while parts and parts[-1].startswith("labkit"):
             try:
                 os.rmdir(os.path.join(base, *parts))
             except OSError:
                 break
             parts.pop()
+
+
+def block_device(path: str = "/") -> str:
+    """"MAJ:MIN" of the whole disk that holds `path`: what io.max / blkio throttles name."""
+    dev = os.stat(path).st_dev
+    number = f"{os.major(dev)}:{os.minor(dev)}"
+    sysfs = f"/sys/dev/block/{number}"
+    if os.major(dev) == 0 or not os.path.exists(sysfs):
+        raise CgroupError(f"IO throttling is not available here: {path} is not on a block device ({number}; "
+                          "a tmpfs, overlay, btrfs subvolume or shared folder)",
+                          "pick a path on a real disk (see lsblk), or make a loop device")
+    if os.path.exists(os.path.join(sysfs, "partition")):  # throttles apply to the whole disk
+        with open(os.path.join(os.path.realpath(sysfs), os.pardir, "dev")) as f:
+            return f.read().strip()
+    return number

@@ -8,9 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 
-from . import doctor, runtime, settings
+from . import runtime, settings
 from .errors import LabkitError
 from .runtime.spec import Spec, default_spec
 
@@ -41,9 +40,13 @@ def _bundle_for(target: str, cmd: list[str], hostname: str | None) -> tuple[str,
 
 def cmd_run(args: argparse.Namespace) -> int:
     bundle, temporary = _bundle_for(args.target, args.cmd, args.hostname)
-    container_id = args.name or "run-" + uuid.uuid4().hex[:12]
+    container_id = args.name or "run-" + os.urandom(6).hex()  # as random as uuid4().hex[:12]
     try:
-        shim = runtime.create(container_id, bundle, stdin=None if args.interactive else subprocess.DEVNULL)
+        try:
+            shim = runtime.create(container_id, bundle, stdin=None if args.interactive else subprocess.DEVNULL)
+        except runtime.ExecError as err:  # like `docker run`: 127 not found, 126 not executable
+            print(f"labkit: {err}", file=sys.stderr)
+            return err.exit_code
         try:
             runtime.start(container_id)
             shim.wait()
@@ -59,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor  # imported by the commands that use it: `labkit run` starts faster
+
     if args.leaks:
         found = doctor.leaks()
         print("\n".join(map(str, found)) if found else "no leaks: nothing of labkit's is left on this machine")
@@ -69,6 +74,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
+    from . import doctor
+
     done = doctor.reset()
     print("\n".join(done) if done else "nothing to reset")
     return 0

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys as _sys
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import sys as lsys
 from .errors import LabkitError
+
+if TYPE_CHECKING:  # imported in spawn(): the container init imports this module, not subprocess
+    import subprocess
 
 # OCI name -> (CLONE_* flag, name under /proc/PID/ns, what it isolates)
 TYPES: dict[str, tuple[int, str, str]] = {
@@ -99,6 +101,8 @@ def spawn(cmd: Sequence[str], types: Iterable[str] = (), hostname: str | None = 
     With "pid" the command is PID 1 of its namespace; with "pid" and "mount"
     a fresh /proc is mounted so tools like `ps` see only that namespace.
     """
+    import subprocess
+
     names = [canonical(t) for t in types]
     helper = [_sys.executable, "-m", "labkit.namespaces", ",".join(names), hostname or "", "--", *cmd]
     run_kwargs.setdefault("capture_output", True)

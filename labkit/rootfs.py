@@ -11,11 +11,8 @@ Two halves:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import shutil
 import stat
-import subprocess
 from typing import Iterable, Iterator
 
 from . import sys as lsys
@@ -63,6 +60,8 @@ def build_busybox_rootfs(dest: str, busybox: str | None = None) -> str:
     os.chmod(os.path.join(dest, "tmp"), 0o1777)
     os.chmod(os.path.join(dest, "var/tmp"), 0o1777)
     os.chmod(os.path.join(dest, "root"), 0o700)
+    import shutil  # building-only imports stay out of the container init's start path
+
     shutil.copyfile(busybox, os.path.join(dest, "bin/busybox"))
     os.chmod(os.path.join(dest, "bin/busybox"), 0o755)
     for applet in _applets(busybox):
@@ -79,6 +78,8 @@ def build_busybox_rootfs(dest: str, busybox: str | None = None) -> str:
 
 
 def _applets(busybox: str) -> list[str]:
+    import subprocess
+
     out = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True)
     return sorted(line.strip() for line in out.stdout.splitlines() if line.strip())
 
@@ -99,6 +100,8 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
 
 def tree_digest(root: str) -> str:
     """sha256 over every entry's path, type, mode, owner, mtime, and content."""
+    import hashlib
+
     h = hashlib.sha256()
     for path, st in _walk(root):
         rel = os.path.relpath(path, root)
@@ -183,12 +186,15 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
 
 
 # --- entering: run by the container's init, inside its own mount namespace ------------
-DEFAULT_DEVICES = {  # name: (major, minor) of the character devices OCI requires
-    "null": (1, 3), "zero": (1, 5), "full": (1, 7),
-    "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
+# name: (major, minor) of the character devices OCI requires, in runc's order (it shows in
+# /proc/self/mountinfo when they are bind mounts, inside a user namespace).
+DEFAULT_DEVICES = {
+    "null": (1, 3), "random": (1, 8), "full": (1, 7),
+    "tty": (5, 0), "zero": (1, 5), "urandom": (1, 9),
 }
 DEV_SYMLINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
                 "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+KCORE_LINK = ("core", "/proc/kcore")  # only where the kernel has /proc/kcore, as runc does
 
 
 def make_mounts_private() -> None:
@@ -253,7 +259,10 @@ def populate_dev(rootfs: str) -> None:
         except PermissionError:
             open(path, "a").close()
             lsys.mount(f"/dev/{name}", path, None, lsys.MS_BIND)
-    for name, target in DEV_SYMLINKS.items():
+    links = dict(DEV_SYMLINKS)
+    if os.path.exists(KCORE_LINK[1]):  # CONFIG_PROC_KCORE
+        links[KCORE_LINK[0]] = KCORE_LINK[1]
+    for name, target in links.items():
         path = os.path.join(dev, name)
         if not os.path.lexists(path):
             os.symlink(target, path)

@@ -7,9 +7,7 @@ and tests can check the per-architecture tables without root.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 
 from .errors import SyscallError
 
@@ -39,7 +37,7 @@ _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 def machine_arch(machine: str | None = None) -> str:
     """Normalise `uname -m` (or the given name) to a key of SYSCALLS."""
-    name = machine or platform.machine()
+    name = machine or os.uname().machine
     name = _ARCH_ALIASES.get(name, name)
     if name not in SYSCALLS:
         raise SyscallError("uname", 38, f"architecture {name!r}",
@@ -85,7 +83,17 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
 # --- libc ----------------------------------------------------------------------
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _load_libc() -> ctypes.CDLL:
+    # glibc's soname on x86_64 and aarch64. find_library runs `ldconfig -p` (a fork and
+    # exec on every import, in every container init), so it is only the fallback.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -15,7 +15,6 @@ import signal as _signal
 import subprocess
 import sys
 import time
-import uuid
 from typing import IO, Any
 
 from .. import cgroups
@@ -26,6 +25,17 @@ from .spec import Spec
 # Shims this process started, so their exit status is collected (no zombies).
 _SHIMS: dict[str, subprocess.Popen] = {}
 Stream = int | IO[Any] | None
+
+
+class ExecError(ContainerError):
+    """process.args[0] is missing or not executable: `create` fails, as in runc.
+
+    `exit_code` is what a shell (and `docker run`) reports for it: 127 or 126.
+    """
+
+    def __init__(self, what: str, hint: str, exit_code: int) -> None:
+        super().__init__(what, hint)
+        self.exit_code = exit_code
 
 
 @dataclasses.dataclass
@@ -60,7 +70,11 @@ def create(container_id: str, bundle: str, stdin: Stream = subprocess.DEVNULL,
                              f"pick another id or delete it: labkit-runc delete {container_id}") from None
     os.mkfifo(os.path.join(directory, "exec.fifo"), 0o600)
     ready_r, ready_w = os.pipe()
-    cmd = [sys.executable, "-m", "labkit.runtime.init", "--id", container_id,
+    # -S: no site module. The shim needs only the standard library and labkit (found through
+    # PYTHONPATH, see _shim_env); site's .pth processing (an editable install's import hook)
+    # would add ~10 ms to every container start. Should the shim ever need a package from
+    # site-packages, drop -S or put that directory on PYTHONPATH in _shim_env.
+    cmd = [sys.executable, "-S", "-m", "labkit.runtime.init", "--id", container_id,
            "--bundle", bundle, "--state-dir", directory, "--ready-fd", str(ready_w)]
     try:
         shim = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -82,8 +96,10 @@ def create(container_id: str, bundle: str, stdin: Stream = subprocess.DEVNULL,
         if err and not reply:
             answer["hint"] = f"the shim said: {err.strip() if isinstance(err, str) else err.decode().strip()}"
         shutil.rmtree(directory, ignore_errors=True)
-        raise ContainerError(f"creating container {container_id!r} failed: {answer['error']}",
-                             answer.get("hint", ""))
+        message = f"creating container {container_id!r} failed: {answer['error']}"
+        if "exit_code" in answer:
+            raise ExecError(message, answer.get("hint", ""), answer["exit_code"])
+        raise ContainerError(message, answer.get("hint", ""))
     _SHIMS[directory] = shim
     del spec
     return shim
@@ -203,7 +219,12 @@ def delete(container_id: str, force: bool = False, root: str | None = None) -> N
                                  "stop it first (kill ... KILL) or delete with force")
         os.kill(current.pid, _signal.SIGKILL)
         if current.status == "paused":  # on cgroup v1 a frozen task dies only once thawed
-            cgroup(container_id, root).thaw()
+            group = cgroup(container_id, root)
+            try:
+                group.thaw()
+            except (cgroups.CgroupError, OSError):  # on v2 it died at once: the shim may have
+                if any(os.path.isdir(d) for d in group.dirs.values()):  # removed the group already
+                    raise
     wait(container_id, timeout=10, root=root)
     if current.cgroup:  # normally the shim removed it; not if the shim itself was killed
         group = cgroups.Cgroup(**current.cgroup)
@@ -223,7 +244,7 @@ def run(bundle: str, container_id: str | None = None, capture: bool = True,
         input: str | None = None, timeout: float | None = None,
         root: str | None = None) -> Result:
     """create + start + wait + delete, like `runc run`: the exit code and output."""
-    container_id = container_id or "run-" + uuid.uuid4().hex[:12]
+    container_id = container_id or "run-" + os.urandom(6).hex()  # uuid4().hex[:12], without importing uuid
     pipe = subprocess.PIPE if capture else None
     shim = create(container_id, bundle, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                   stdout=pipe, stderr=pipe, root=root)

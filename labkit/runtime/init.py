@@ -18,15 +18,14 @@ The notebook kernel never forks: it only starts this program.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
 import os
 import signal
 import socket
+import stat
 import sys
-import traceback
 from typing import Any
 
 from .. import cgroups, namespaces, rootfs
@@ -52,9 +51,21 @@ class Channel:
         return json.loads(line)
 
 
-def _error_fields(err: BaseException) -> dict[str, str]:
+class NotExecutable(LabkitError):
+    """process.args[0] cannot be run: `create` fails, as in runc (a CLI may exit 127/126, like docker)."""
+
+    def __init__(self, what: str, hint: str, exit_code: int) -> None:
+        super().__init__(what, hint)
+        self.exit_code = exit_code
+
+
+def _error_fields(err: BaseException) -> dict[str, Any]:
+    if isinstance(err, NotExecutable):
+        return {"message": err.what, "hint": err.hint, "exit_code": err.exit_code}
     if isinstance(err, LabkitError):
         return {"message": err.what, "hint": err.hint}
+    import traceback  # only on this unexpected path: it is slow to import
+
     return {"message": f"{type(err).__name__}: {err}", "hint": traceback.format_exc(limit=3)}
 
 
@@ -77,11 +88,16 @@ def stage1(spec: Spec, bundle: str, fifo: str, chan: Channel, group: cgroups.Cgr
         fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
         for ns_type, path in joined:
             namespaces.join(path, ns_type)
-        lsys.unshare(namespaces.flags_for(new))
-        if "user" in new:  # only a process outside may write our id maps
-            chan.send("userns", pid=os.getpid())
+        if "user" in new:  # first the user namespace, alone: the others are then made by its root
+            lsys.unshare(lsys.CLONE_NEWUSER)
+            chan.send("userns", pid=os.getpid())  # only a process outside may write our id maps
             if chan.recv().get("type") != "ok":
                 os._exit(1)
+            # As runc's nsexec: become the mapped root (uid only) before unsharing the rest,
+            # so e.g. the new IPC namespace's mqueue root belongs to the container's root.
+            os.setresuid(0, 0, 0)
+            new = [t for t in new if t != "user"]
+        lsys.unshare(namespaces.flags_for(new))
         child = os.fork()
         if child == 0:
             container_init(spec, bundle, fifo_fd, chan)
@@ -97,6 +113,7 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         if chan.recv().get("type") != "go":
             os._exit(1)
         lsys.set_pdeathsig(signal.SIGKILL)  # the container dies with its monitor
+        os.setsid()  # its own session and process group (sid = pgid = 1), as under runc
         linux = spec.linux
         if linux and linux.namespace("user"):
             os.setresgid(0, 0, 0)  # act as the mapped root, not as the overflow id
@@ -106,14 +123,19 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
             lsys.sethostname(spec.hostname)
         process = spec.process
         assert process is not None
+        os.makedirs(process.cwd, 0o755, exist_ok=True)  # runc creates a missing cwd, as root
         os.chdir(process.cwd)
         env = dict(e.split("=", 1) for e in process.env if "=" in e)
         user = process.user
+        if "HOME" not in env:  # runc sets it from the container's /etc/passwd
+            env["HOME"] = home_of(user.uid)
         os.setgroups(user.additionalGids or [])
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
-        if user.umask is not None:
-            os.umask(user.umask)
+        os.umask(user.umask if user.umask is not None else 0o022)  # runc's default, not the caller's
+        program = look_path(process.args[0], env)  # as the user: a bad program fails `create`
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; exec would keep that
+            signal.signal(sig, signal.SIG_DFL)
         chan.send("created")
         os.read(fifo_fd, 1)  # blocks until `start`
         chan.sock.close()
@@ -121,16 +143,57 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         chan.send("error", **_error_fields(err))
         os._exit(1)
     try:
-        os.execvpe(process.args[0], process.args, env)
-    except OSError as err:
+        os.execve(program, process.args, env)
+    except OSError as err:  # e.g. removed between create and start
         os.write(2, f"labkit: exec {process.args[0]!r}: {err.strerror}\n".encode())
         os._exit(127 if isinstance(err, FileNotFoundError) else 126)
+
+
+def home_of(uid: int, passwd: str = "/etc/passwd") -> str:
+    """The home directory of `uid` in the container's passwd file, else "/" (as runc)."""
+    try:
+        with open(passwd) as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2].isdigit() and int(fields[2]) == uid:
+                    return fields[5]
+    except OSError:
+        pass
+    return "/"
+
+
+def look_path(name: str, env: dict[str, str]) -> str:
+    """Resolve process.args[0] like execvp (and runc, before it reports `created`)."""
+    if "/" in name:
+        _check_executable(name, name)
+        return name
+    for directory in env.get("PATH", os.defpath).split(":"):
+        path = os.path.join(directory or ".", name)
+        try:
+            _check_executable(name, path)
+            return path
+        except NotExecutable:
+            continue
+    raise NotExecutable(f'exec: "{name}": executable file not found in $PATH',
+                        "check process.args[0] and the PATH in process.env", 127)
+
+
+def _check_executable(name: str, path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise NotExecutable(f'exec: "{name}": stat {path}: {err.strerror}',
+                            "the program is not in the container's root filesystem", 127) from None
+    if stat.S_ISDIR(mode) or not mode & 0o111:
+        raise NotExecutable(f'exec: "{name}": permission denied',
+                            "the program must be a file with an execute bit (chmod +x)", 126)
 
 
 def setup_rootfs(spec: Spec, bundle: str) -> None:
     """Mounts and pivot_root, in the order the kernel needs them."""
     root = spec.rootfs_path(bundle)
     rootfs.make_mounts_private()
+    mount_rootfs(spec, root)
     rootfs.bind_onto_itself(root)
     for m in spec.mounts:
         source = m.source
@@ -141,6 +204,29 @@ def setup_rootfs(spec: Spec, bundle: str) -> None:
     rootfs.pivot_into(root)
     if spec.root and spec.root.readonly:
         rootfs.remount_readonly_root()
+
+
+# Set by labkit.images: a filesystem (an overlay of the image's layers) to mount as the rootfs.
+ROOTFS_ANNOTATION = "org.labkit.rootfs.mount"
+
+
+def mount_rootfs(spec: Spec, root: str) -> None:
+    """Mount the rootfs the caller described ({"type", "source", "options", "cwd"}) onto root.
+
+    Like containerd handing its rootfs mounts to the shim, but mounted here, in
+    the container's private mount namespace: it dies with the container and is
+    never visible on the host. `cwd` lets overlay options use short relative
+    lowerdir paths (the option string is limited to one page).
+    """
+    wanted = (spec.annotations or {}).get(ROOTFS_ANNOTATION)
+    if not wanted:
+        return
+    m = json.loads(wanted)
+    os.chdir(m.get("cwd") or "/")
+    try:
+        lsys.mount(m.get("source") or m["type"], root, m["type"], 0, ",".join(m.get("options") or []) or None)
+    finally:
+        os.chdir("/")
 
 
 # --- the shim ---------------------------------------------------------------------------
@@ -173,8 +259,10 @@ def shim(container_id: str, bundle: str, directory: str, ready_fd: int) -> int:
 
     def fail(msg: dict[str, Any]) -> int:
         remove_cgroup(group)
-        os.write(ready_fd, json.dumps({"error": msg.get("message", "container init failed"),
-                                       "hint": msg.get("hint", "")}).encode())
+        reply = {"error": msg.get("message", "container init failed"), "hint": msg.get("hint", "")}
+        if "exit_code" in msg:  # process.args[0] cannot be executed
+            reply["exit_code"] = msg["exit_code"]
+        os.write(ready_fd, json.dumps(reply).encode())
         return 1
 
     msg = chan.recv()
@@ -207,8 +295,10 @@ def shim(container_id: str, bundle: str, directory: str, ready_fd: int) -> int:
     os.close(ready_fd)
     _detach_stdio()
     code = _reap(pid)
+    final = final_stats(group)  # read before the group goes: e.g. whether the OOM killer struck
     remove_cgroup(group)
-    st.write_json(os.path.join(directory, "exit.json"), {"exit_code": code})
+    st.write_json(os.path.join(directory, "exit.json"),
+                  {"exit_code": code, **({"cgroup_stats": final} if final is not None else {})})
     return code
 
 
@@ -218,12 +308,28 @@ def make_cgroup(container_id: str, spec: Spec) -> cgroups.Cgroup | None:
     if linux is None or not linux.wants_cgroup():
         return None
     group = cgroups.create(linux.cgroupsPath or container_id)
+    in_use = group.pids()
+    if in_use:  # e.g. the same id under another run root: sharing it, our exit would kill theirs
+        raise cgroups.CgroupError(f"the container's cgroup is not empty: {len(in_use)} process(es) "
+                                  f"found in {group.name}",
+                                  "another container uses it (the same id under another run root, or "
+                                  "the same linux.cgroupsPath): pick another id or cgroupsPath")
     try:
         group.apply(linux.resources)
-    except LabkitError:
+    except BaseException:  # whatever went wrong, the group must not outlive this
         remove_cgroup(group)
         raise
     return group
+
+
+def final_stats(group: cgroups.Cgroup | None) -> dict[str, Any] | None:
+    """The cgroup's counters once the container has exited (`docker inspect`'s OOMKilled)."""
+    if group is None:
+        return None
+    try:
+        return group.stats()
+    except (OSError, LabkitError):
+        return None
 
 
 def remove_cgroup(group: cgroups.Cgroup | None) -> None:
@@ -251,19 +357,51 @@ def _reap(pid: int) -> int:
             return namespaces.exit_code(status)
 
 
+OPTIONS = ("--id", "--bundle", "--state-dir", "--ready-fd")
+USAGE = "usage: python -m labkit.runtime.init --id ID --bundle DIR --state-dir DIR --ready-fd FD"
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """The four required options, `--name value` or `--name=value`.
+
+    Parsed by hand: this runs at every container start, and importing argparse
+    would cost more than everything else the options need.
+    """
+    values: dict[str, str] = {}
+    args = iter(argv)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name not in OPTIONS:
+            raise ValueError(f"unrecognized argument: {arg}")
+        if not eq:
+            value = next(args, None)
+            if value is None:
+                raise ValueError(f"argument {name}: expected one argument")
+        values[name] = value
+    missing = [o for o in OPTIONS if o not in values]
+    if missing:
+        raise ValueError("the following arguments are required: " + ", ".join(missing))
+    if not values["--ready-fd"].isdigit():
+        raise ValueError(f"argument --ready-fd: invalid int value: {values['--ready-fd']!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="labkit.runtime.init")
-    parser.add_argument("--id", required=True)
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--ready-fd", type=int, required=True)
-    args = parser.parse_args(argv)
     try:
-        return shim(args.id, args.bundle, args.state_dir, args.ready_fd)
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"{USAGE}\nlabkit.runtime.init: error: {err}", file=sys.stderr)
+        return 2
+    ready_fd = int(opts["--ready-fd"])
+    try:
+        return shim(opts["--id"], opts["--bundle"], opts["--state-dir"], ready_fd)
     except LabkitError as err:
-        os.write(args.ready_fd, json.dumps({"error": err.what, "hint": err.hint}).encode())
+        os.write(ready_fd, json.dumps({"error": err.what, "hint": err.hint}).encode())
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip the interpreter's teardown: the container's exit code is already recorded

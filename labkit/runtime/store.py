@@ -3,7 +3,8 @@
 runtime_root()/<id>/
   state.json   written by the shim once the container is created
   exec.fifo    exists while the container waits for `start` (as in runc)
-  exit.json    written by the shim when the container's process has exited
+  exit.json    written by the shim when the container's process has exited: the exit
+               code and the cgroup's final counters (Cgroup.stats(), e.g. oom_kills)
   shim.log     the shim's own errors
 """
 from __future__ import annotations
@@ -73,6 +74,7 @@ class State:
     exit_code: int | None = None
     created: str = ""
     cgroup: dict[str, Any] | None = None  # labkit.cgroups.Cgroup fields, if the container has one
+    cgroup_stats: dict[str, Any] | None = None  # its Cgroup.stats() as the shim read them after the exit
 
     def oci(self) -> dict[str, Any]:
         """Exactly the fields the OCI runtime spec defines for `state`."""
@@ -104,7 +106,8 @@ def load(container_id: str, root: str | None = None) -> State:
     return State(id=container_id, status=status, pid=saved["pid"], bundle=saved["bundle"],
                  annotations=saved.get("annotations") or {}, shim_pid=saved["shim_pid"],
                  exit_code=exit_info["exit_code"] if exit_info else None,
-                 created=saved.get("created", ""), cgroup=saved.get("cgroup"))
+                 created=saved.get("created", ""), cgroup=saved.get("cgroup"),
+                 cgroup_stats=exit_info.get("cgroup_stats") if exit_info else None)
 
 
 def list_ids(root: str | None = None) -> list[str]:

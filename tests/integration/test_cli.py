@@ -24,6 +24,11 @@ def test_labkit_run_bundle(make_bundle):
     assert (r.returncode, r.stdout) == (0, "from-bundle\n")
 
 
+def test_labkit_run_missing_program_exits_127_like_docker(busybox_rootfs):
+    r = run("labkit", "run", busybox_rootfs, "--", "/no/such/program")
+    assert r.returncode == 127 and "no/such/program" in r.stderr
+
+
 def test_labkit_run_bad_target_says_what_to_do(tmp_path):
     r = run("labkit", "run", str(tmp_path / "nope"))
     assert r.returncode == 1 and "neither a bundle nor a root filesystem" in r.stderr and "hint:" in r.stderr

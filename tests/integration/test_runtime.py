@@ -69,10 +69,18 @@ def test_pid1_cannot_be_killed_from_inside(make_bundle):
     assert (result.exit_code, result.stdout) == (0, "survived\n")
 
 
-def test_missing_program_exits_127_with_message(make_bundle):
-    result = runtime.run(make_bundle(["/no/such/program"]))
-    assert result.exit_code == 127
-    assert "no/such/program" in result.stderr
+def test_missing_program_fails_create_with_127(make_bundle, run_root):
+    """As in runc, the init looks the program up before it reports `created`."""
+    with pytest.raises(runtime.ExecError, match="no/such/program") as info:
+        runtime.run(make_bundle(["/no/such/program"]), container_id="noprog")
+    assert info.value.exit_code == 127
+    assert not os.path.exists(os.path.join(run_root, "runtime", "noprog"))
+    with pytest.raises(runtime.ExecError, match="not found in [$]PATH") as info:
+        runtime.run(make_bundle(["nosuchcmd"]))
+    assert info.value.exit_code == 127
+    with pytest.raises(runtime.ExecError, match="permission denied") as info:
+        runtime.run(make_bundle(["/etc"]))
+    assert info.value.exit_code == 126
 
 
 def test_lifecycle_create_start_state_kill_delete(make_bundle):

@@ -1,0 +1,410 @@
+"""Against runc: the same bundle, run by runc and by labkit, looks the same from inside.
+
+Each test writes ONE bundle (config.json + the shared busybox rootfs, by
+absolute path: runc refuses a rootfs that is a symlink) and runs it with
+`runc run` and with `labkit-runc run` — the same command line shape — then
+compares what the container saw: PID 1, hostname, uid/gid, groups, HOME,
+cwd, umask, env, session, signals, fds, the mount table, the namespaces that
+differ from the host's, /dev, exit codes and stderr, a user namespace.
+
+What is *not* compared, and why, is said where it matters:
+- mount ids, parent ids and the anonymous device numbers (0:NN) of each
+  mount are allocated by the kernel per mount, so they differ between any
+  two containers, even two runs of runc;
+- capabilities: with no process.capabilities in config.json runc gives the
+  process none; labkit does not implement capabilities yet (chapter 09), so
+  root in a labkit container keeps the full set (see the xfail below);
+- how runc reports an error (logrus `level=error msg=...`) versus labkit's
+  `labkit: ...` line: only the failure, the exit code and the kernel's
+  reason are compared.
+
+Safety: runc makes cgroups. Every bundle sets linux.cgroupsPath to the
+relative path labkit-peer-<session>/<name>, which runc nests under this
+process's own cgroup in each hierarchy (DESIGN.md: never touch other
+groups); labkit, which honours cgroupsPath too, nests it under its own
+`labkit` parent. runc removes the leaf on delete and the module fixture
+rmdirs the `labkit-peer-<session>` parents runc made — only those that did
+not exist before. runc's state lives in a labkit-named temp dir. The session
+leak check sees anything left over.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from labkit import rootfs
+from labkit.runtime import default_spec
+from labkit.runtime.spec import IDMapping, Namespace
+
+pytestmark = [
+    pytest.mark.peer,
+    pytest.mark.vm,
+    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed (apt-get install runc)"),
+]
+
+# One parent per test session: two sessions on one machine never share (or remove) it.
+CGROUP_PARENT = f"labkit-peer-{uuid.uuid4().hex[:8]}"
+
+
+# --- cgroup bookkeeping: only what runc made for us ----------------------------------------------
+def own_cgroup_dirs() -> list[str]:
+    """Each mounted cgroup hierarchy's directory of this process's cgroup.
+
+    That is where runc puts a relative cgroupsPath (v1 and v2 alike).
+    """
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            own[controllers] = path
+    dirs = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields, (fstype, _, superopts) = pre.split(), post.split()[:3]
+            if fstype == "cgroup2":
+                key = ""
+            elif fstype == "cgroup":
+                opts = set(superopts.split(","))
+                key = next((k for k in own if k and set(k.split(",")) <= opts), None)
+            else:
+                continue
+            if key is None or key not in own:
+                continue
+            mount_root, point = fields[3], fields[4]
+            rel = os.path.relpath(own[key], mount_root)
+            dirs.append(os.path.normpath(os.path.join(point, rel)))
+    return sorted(set(dirs))
+
+
+class Runc:
+    """runc with its state in a labkit-named dir and cgroups under labkit-peer/."""
+
+    def __init__(self, state_root: str) -> None:
+        self.root = state_root
+        self.parents_before = {d for d in self._parents() if os.path.isdir(d)}
+
+    @staticmethod
+    def _parents() -> list[str]:
+        return [os.path.join(d, CGROUP_PARENT) for d in own_cgroup_dirs()]
+
+    def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(["runc", "--root", self.root, *args], text=True, timeout=60, **kw)
+
+    def cleanup(self) -> None:
+        listed = self("list", "-q")
+        for cid in listed.stdout.split() if listed.returncode == 0 else []:
+            self("delete", "--force", cid)
+        for parent in self._parents():
+            if parent in self.parents_before or not os.path.isdir(parent):
+                continue
+            try:
+                leaves = sorted((e.path for e in os.scandir(parent) if e.is_dir()), reverse=True)
+            except FileNotFoundError:
+                continue
+            for leaf in leaves:  # a leaf runc failed to remove: empty once its processes are gone
+                rmdir_cgroup(leaf)
+            rmdir_cgroup(parent)
+
+
+def rmdir_cgroup(path: str) -> None:
+    """rmdir a cgroup; it may stay busy for a moment after its last process exited."""
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    os.rmdir(path)
+
+
+@pytest.fixture(scope="module")
+def runc(lab_tmp):
+    peer = Runc(os.path.join(lab_tmp, "labkit-runc-state"))
+    yield peer
+    peer.cleanup()
+
+
+@pytest.fixture(scope="module")
+def labkit_root(lab_tmp):
+    # .../runtime under a labkit temp dir: `labkit doctor --leaks` looks there.
+    return os.path.join(lab_tmp, "peer", "runtime")
+
+
+@pytest.fixture
+def bundle(tmp_path, busybox_rootfs):
+    """bundle(args, edit=None, rootfs=...) -> one bundle dir, run by both runtimes."""
+    def make(args, edit=None, root=busybox_rootfs):
+        name = "peer-" + uuid.uuid4().hex[:8]
+        path = tmp_path / name
+        path.mkdir()
+        spec = default_spec(args, rootfs=os.path.realpath(root), hostname="peerbox")
+        spec.linux.cgroupsPath = f"{CGROUP_PARENT}/{name}"
+        if edit:
+            edit(spec)
+        spec.save(str(path))
+        return str(path)
+    return make
+
+
+def run_labkit(labkit_root: str, bundle_dir: str) -> tuple[int, str, str]:
+    cid = os.path.basename(bundle_dir)
+    ours = subprocess.run(["labkit-runc", "--root", labkit_root, "run", "--bundle", bundle_dir, cid],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    return ours.returncode, ours.stdout, ours.stderr
+
+
+def run_runc(runc: Runc, bundle_dir: str) -> tuple[int, str, str]:
+    peer = runc("run", "--bundle", bundle_dir, os.path.basename(bundle_dir))
+    return peer.returncode, peer.stdout, peer.stderr
+
+
+def run_both(runc: Runc, labkit_root: str, bundle_dir: str) -> dict[str, tuple[int, str, str]]:
+    """`runc run` and `labkit-runc run` on the same bundle: {name: (exit code, stdout, stderr)}."""
+    return {"runc": run_runc(runc, bundle_dir), "labkit": run_labkit(labkit_root, bundle_dir)}
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+# --- what a process sees about itself ------------------------------------------------------------
+IDENTITY = r"""
+echo "pid=$$ ppid=$PPID"
+echo "hostname=$(hostname)"
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+echo "home=$HOME pwd=$(pwd) umask=$(umask)"
+echo "pgrp,session=$(cut -d' ' -f5,6 /proc/$$/stat)"
+grep -E '^(Uid|Gid|Groups|SigBlk|SigIgn|NoNewPrivs|Seccomp):' /proc/self/status
+echo "fds=$(ls /proc/self/fd | tr '\n' ' ')"
+echo "uid_map=$(cat /proc/self/uid_map) gid_map=$(cat /proc/self/gid_map) setgroups=$(cat /proc/self/setgroups)"
+cat /proc/self/cgroup
+env | sort
+"""
+
+
+def as_nobody(spec):
+    spec.process.user.uid = spec.process.user.gid = 65534
+    spec.process.cwd = "/tmp"
+
+
+def as_user_1000(spec):
+    spec.process.user.uid = spec.process.user.gid = 1000  # not in /etc/passwd: HOME=/
+    spec.process.user.additionalGids = [5, 100]
+    spec.process.cwd = "/home"
+    spec.process.env.append("GREETING=hello world")
+
+
+def custom_env(spec):
+    spec.process.env += ["HOME=/custom", "X=a=b", "EMPTY="]
+    spec.process.user.umask = 0o027
+
+
+def with_userns(spec):
+    spec.linux.namespaces.append(Namespace("user"))
+    spec.linux.uidMappings = [IDMapping(0, 100000, 65536)]
+    spec.linux.gidMappings = [IDMapping(0, 100000, 65536)]
+
+
+VARIANTS = {"root": None, "nobody": as_nobody, "uid-1000-extra-groups": as_user_1000,
+            "env-and-umask": custom_env, "userns": with_userns}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_same_identity_env_and_cwd(runc, labkit_root, bundle, variant):
+    out = run_both(runc, labkit_root, bundle(sh(IDENTITY), VARIANTS[variant]))
+    assert out["runc"][0] == 0, out["runc"]
+    assert out["labkit"] == out["runc"]
+    assert "pid=1 ppid=0" in out["labkit"][1]
+    assert "hostname=peerbox" in out["labkit"][1]
+    assert "pgrp,session=1 1" in out["labkit"][1]  # a session of its own, led by PID 1
+
+
+def test_user_caller_umask_does_not_leak_in(runc, labkit_root, bundle):
+    """runc sets umask 0022 unless process.user.umask says otherwise; so does labkit."""
+    path = bundle(sh("umask"))
+    old = os.umask(0o077)
+    try:
+        out = run_both(runc, labkit_root, path)
+    finally:
+        os.umask(old)
+    assert out["labkit"] == out["runc"] == (0, "0022\n", "")
+
+
+def test_missing_cwd_is_created_like_runc(runc, labkit_root, bundle, tmp_path):
+    """Both make a missing process.cwd (as root, with the caller's umask) before switching user."""
+    private = rootfs.build_busybox_rootfs(str(tmp_path / "rootfs"))  # not the shared one: it gets written
+
+    def cwd(spec):
+        spec.process.cwd = "/new/work/dir"
+        spec.process.user.uid = spec.process.user.gid = 65534
+    path = bundle(sh("pwd; stat -c '%n %A %u:%g' /new /new/work /new/work/dir"), cwd, private)
+    peer = run_runc(runc, path)
+    shutil.rmtree(os.path.join(private, "new"))
+    ours = run_labkit(labkit_root, path)
+    assert peer[0] == 0, peer
+    assert ours == peer
+
+
+# --- the mount table ---------------------------------------------------------------------------
+def mount_table(mountinfo: str) -> list[tuple[str, ...]]:
+    """mountinfo lines without the kernel-allocated parts.
+
+    Dropped: mount id, parent id and major:minor — allocated per mount (each
+    tmpfs/proc/sysfs instance gets a fresh anonymous device), so they differ
+    between any two containers. Kept, in order: root within the filesystem,
+    mount point, per-mount flags, propagation (optional fields), fs type,
+    source and superblock options.
+    """
+    table = []
+    for line in mountinfo.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        table.append((fields[3], fields[4], fields[5], " ".join(fields[6:]), *post.split()))
+    return table
+
+
+def readonly_root(spec):
+    spec.root.readonly = True
+
+
+def extra_mounts(spec):
+    mount = type(spec.mounts[0])
+    spec.mounts.append(mount("/run", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=755", "size=1m"]))
+    # a read-only bind of a host directory (the rootfs's /etc: it has no submounts)
+    spec.mounts.append(mount("/mnt/etc-ro", "bind", os.path.join(spec.root.path, "etc"), ["rbind", "ro", "nosuid"]))
+
+
+@pytest.mark.parametrize("edit", [None, readonly_root, with_userns, extra_mounts],
+                         ids=["default", "readonly-root", "userns", "tmpfs-and-ro-bind"])
+def test_same_mount_table(runc, labkit_root, bundle, edit):
+    out = run_both(runc, labkit_root, bundle(["cat", "/proc/self/mountinfo"], edit))
+    assert out["runc"][0] == 0 and out["labkit"][0] == 0, out
+    runc_table, labkit_table = mount_table(out["runc"][1]), mount_table(out["labkit"][1])
+    # Same mount points in the same order, same filesystems, flags and options.
+    assert [m[1] for m in labkit_table] == [m[1] for m in runc_table]
+    assert labkit_table == runc_table
+
+
+# --- namespaces ------------------------------------------------------------------------------------
+NS_NAMES = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children",
+            "user", "uts")
+NS_SCRIPT = "for n in " + " ".join(NS_NAMES) + "; do echo $n $(readlink /proc/self/ns/$n); done"
+
+
+def isolated(output: str) -> set[str]:
+    """Namespace types whose /proc/self/ns link inside differs from the host's."""
+    differ = set()
+    for line in output.splitlines():
+        name, _, inside = line.partition(" ")
+        try:
+            host = os.readlink(f"/proc/self/ns/{name}")
+        except FileNotFoundError:  # this kernel lacks the type
+            continue
+        if inside != host:
+            differ.add(name)
+    return differ
+
+
+@pytest.mark.parametrize("edit,extra", [(None, set()), (with_userns, {"user"})], ids=["default", "userns"])
+def test_same_namespaces_differ_from_the_host(runc, labkit_root, bundle, edit, extra):
+    out = run_both(runc, labkit_root, bundle(sh(NS_SCRIPT), edit))
+    assert out["runc"][0] == 0 and out["labkit"][0] == 0, out
+    expected = {"cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "uts"} | extra
+    assert isolated(out["labkit"][1]) == isolated(out["runc"][1]) == expected
+
+
+# --- /dev ------------------------------------------------------------------------------------------
+DEV_SCRIPT = "for f in $(find /dev | sort); do stat -c '%n %A %u:%g %t,%T %N' $f; done"
+
+
+@pytest.mark.parametrize("edit", [None, with_userns], ids=["default", "userns"])
+def test_same_dev(runc, labkit_root, bundle, edit):
+    """Same nodes, links, directories, modes and owners (times differ, and are not printed)."""
+    out = run_both(runc, labkit_root, bundle(sh(DEV_SCRIPT), edit))
+    assert out["runc"][0] == 0, out["runc"]
+    assert out["labkit"] == out["runc"]
+    names = {line.split()[0] for line in out["labkit"][1].splitlines()}
+    assert {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/fd",
+            "/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/ptmx", "/dev/pts", "/dev/shm",
+            "/dev/mqueue"} <= names
+
+
+# --- exit codes and stderr -------------------------------------------------------------------------
+@pytest.mark.parametrize("script", [
+    "echo out; echo err >&2; exit 42",
+    "exit 0",
+    "echo only-stderr >&2; exit 1",
+    "sleep 30 & kill -TERM $!; wait $!; exit $?",  # a child killed by a signal: 128 + 15
+    "kill -KILL 1; echo survived",                  # PID 1 ignores signals it has no handler for
+])
+def test_same_exit_code_stdout_and_stderr(runc, labkit_root, bundle, script):
+    out = run_both(runc, labkit_root, bundle(sh(script)))
+    assert out["labkit"] == out["runc"]
+
+
+RUNC_ERROR = re.compile(r'unable to start container process: (.*?)"?$', re.M)
+
+
+@pytest.mark.parametrize("args", [["/no/such/program"], ["nosuchcommand"], ["/etc"], ["/etc/passwd"]])
+def test_unrunnable_program_fails_create_like_runc(runc, labkit_root, bundle, args):
+    """runc looks the program up before it reports `created`: run fails with 1 and the reason."""
+    out = run_both(runc, labkit_root, bundle(args))
+    assert out["runc"][0] == out["labkit"][0] == 1
+    reason = RUNC_ERROR.search(out["runc"][2]).group(1).replace('\\"', '"')
+    assert reason.lower() in out["labkit"][2].lower(), (reason, out["labkit"][2])
+
+
+# --- a user namespace, seen from the host ----------------------------------------------------------
+def host_ids(pid: int) -> tuple[str, str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    with open(f"/proc/{pid}/uid_map") as f:
+        uid_map = " ".join(f.read().split())
+    return status["Uid"].split()[0], status["Gid"].split()[0], uid_map
+
+
+def test_same_user_namespace_mapping_seen_from_the_host(runc, labkit_root, bundle):
+    path = bundle(["sleep", "30"], with_userns)
+    cid = os.path.basename(path)
+    seen = {}
+    try:
+        assert runc("create", "--bundle", path, cid, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, capture_output=False).returncode == 0
+        assert runc("start", cid).returncode == 0
+        seen["runc"] = host_ids(json.loads(runc("state", cid).stdout)["pid"])
+    finally:
+        runc("delete", "--force", cid)
+    labkit = ["labkit-runc", "--root", labkit_root]
+    try:
+        subprocess.run([*labkit, "create", "--bundle", path, cid], check=True, timeout=60,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([*labkit, "start", cid], check=True, timeout=60)
+        state = json.loads(subprocess.run([*labkit, "state", cid], capture_output=True, text=True,
+                                          check=True, timeout=60).stdout)
+        seen["labkit"] = host_ids(state["pid"])
+    finally:
+        subprocess.run([*labkit, "delete", "--force", cid], capture_output=True, timeout=60)
+    assert seen["labkit"] == seen["runc"] == ("100000", "100000", "0 100000 65536")
+
+
+# --- a known difference ----------------------------------------------------------------------------
+@pytest.mark.xfail(reason="labkit does not drop capabilities yet (chapter 09); runc gives none "
+                          "when config.json lists no process.capabilities", strict=False)
+def test_same_capabilities(runc, labkit_root, bundle):
+    out = run_both(runc, labkit_root, bundle(["grep", "^Cap", "/proc/self/status"]))
+    assert out["labkit"] == out["runc"]
