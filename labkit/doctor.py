@@ -127,6 +127,8 @@ def _status_field(name: str) -> str | None:
 class Leak:
     kind: str  # mount | netns | link | cgroup | nft | container | process
     name: str
+    pid: int = 0  # for processes
+    path: str = ""  # for a registry process: its labkit-registry-* directory
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.name}"
@@ -226,49 +228,70 @@ def leaks() -> list[Leak]:
     found += [Leak("nft", t) for t in _nft_tables()]
     for root in _run_roots():
         found += [Leak("container", os.path.join(root, i)) for i in store.list_ids(root)]
-    found += [Leak("process", f"shim pid {p}") for p in _shim_pids()]
-    found += [Leak("process", f"registry pid {p} ({config})") for p, config in _registry_processes()]
+    found += [Leak("process", f"shim pid {p}", pid=p) for p in _shim_pids()]
+    found += [Leak("process", f"registry pid {p} ({config})", pid=p, path=os.path.dirname(config))
+              for p, config in _registry_processes()]
     return found
 
 
 # --- reset ----------------------------------------------------------------------------------
-def reset() -> list[str]:
-    """Remove everything `leaks()` finds; returns what was done."""
-    done = []
-    for root in _run_roots():
-        for cid in store.list_ids(root):
-            saved = store.read_json(os.path.join(root, cid, "state.json")) or {}
-            pid = saved.get("pid")
-            if pid and store.proc_start_time(pid) == saved.get("start_time"):
-                os.kill(pid, signal.SIGKILL)
-                done.append(f"killed container {cid} (pid {pid})")
-            shutil.rmtree(os.path.join(root, cid), ignore_errors=True)
-            done.append(f"removed state of {cid}")
-    for pid in _shim_pids():
-        os.kill(pid, signal.SIGKILL)
-        done.append(f"killed shim pid {pid}")
-    for pid, config in _registry_processes():
-        os.kill(pid, signal.SIGKILL)
-        done.append(f"killed registry pid {pid}")
-        root = os.path.dirname(config)
-        if os.path.basename(root).startswith("labkit-registry-"):
-            shutil.rmtree(root, ignore_errors=True)
-            done.append(f"removed {root}")
-    for point in sorted(_mounts(), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-        done.append(f"unmounted {point}")
-    for name in _netns():
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        done.append(f"deleted netns {name}")
-    for name in _links():
-        subprocess.run(["ip", "link", "delete", name], capture_output=True)
-        done.append(f"deleted link {name}")
-    for table in _nft_tables():
-        subprocess.run(["nft", "delete", *table.split()], capture_output=True)
-        done.append(f"deleted nft {table}")
-    for group in _cgroups():
-        done += _remove_cgroup_tree(group)
+_REMOVAL_ORDER = ("container", "process", "mount", "netns", "link", "nft", "cgroup")
+
+
+def reset(only: list[Leak] | None = None) -> list[str]:
+    """Remove what `leaks()` finds (or just the given leaks); returns what was done.
+
+    Containers and processes go first, so their mounts and cgroups are free to go.
+    """
+    done: list[str] = []
+    for leak in sorted(leaks() if only is None else only, key=lambda l: _REMOVAL_ORDER.index(l.kind)):
+        done += remove(leak)
     return done
+
+
+def remove(leak: Leak) -> list[str]:
+    """Remove one leaked object of labkit's."""
+    if leak.kind == "container":
+        return _remove_container(leak.name)
+    if leak.kind == "process":
+        try:
+            os.kill(leak.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return []
+        done = [f"killed {leak.name}"]
+        if leak.path and os.path.basename(leak.path).startswith("labkit-registry-"):
+            shutil.rmtree(leak.path, ignore_errors=True)
+            done.append(f"removed {leak.path}")
+        return done
+    if leak.kind == "cgroup":
+        return _remove_cgroup_tree(leak.name)
+    command = {"mount": ["umount", "-l", leak.name], "netns": ["ip", "netns", "delete", leak.name],
+               "link": ["ip", "link", "delete", leak.name], "nft": ["nft", "delete", *leak.name.split()]}[leak.kind]
+    subprocess.run(command, capture_output=True)
+    return [f"removed {leak}"]
+
+
+def _remove_container(directory: str) -> list[str]:
+    """Kill the shim first (so it cannot write into the state dir any more), then the container."""
+    done = []
+    saved = store.read_json(os.path.join(directory, "state.json")) or {}
+    name = os.path.basename(directory)
+    victims = [p for p in (saved.get("shim_pid"), saved.get("pid")) if p and _is_ours(p, saved)]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+        done.append(f"killed {'shim of' if pid == saved.get('shim_pid') else 'container'} {name} (pid {pid})")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(store.proc_start_time(p) is not None for p in victims):
+        time.sleep(0.01)
+    shutil.rmtree(directory, ignore_errors=True)
+    return done + [f"removed state of {name}"]
+
+
+def _is_ours(pid: int, saved: dict) -> bool:
+    """The container's pid is checked by start time, the shim's by its command line."""
+    if pid == saved.get("pid"):
+        return store.proc_start_time(pid) == saved.get("start_time")
+    return pid in _shim_pids()
 
 
 def _thaw_tree(top: str) -> None:

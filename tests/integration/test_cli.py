@@ -42,15 +42,19 @@ def test_doctor_reports_every_feature():
 
 
 def test_doctor_leaks_finds_and_reset_removes_a_labkit_mount(lab_tmp):
+    """`labkit reset` removes everything of labkit's on the machine, so the test removes
+    only its own probe, through the same code path (doctor.reset(only=...))."""
+    from labkit import doctor
+
     point = os.path.join(lab_tmp, "labkit-leak-probe")
     os.makedirs(point)
     subprocess.run(["mount", "-t", "tmpfs", "labkit-probe", point], check=True)
     try:
         r = run("labkit", "doctor", "--leaks")
         assert r.returncode == 1 and f"mount: {point}" in r.stdout
-        r = run("labkit", "reset")
-        assert f"unmounted {point}" in r.stdout
-        assert run("labkit", "doctor", "--leaks").returncode == 0
+        probe = [leak for leak in doctor.leaks() if leak.name == point]
+        assert doctor.reset(only=probe) == [f"removed mount: {point}"]
+        assert point not in run("labkit", "doctor", "--leaks").stdout
     finally:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
@@ -74,3 +78,27 @@ def test_runc_cli_lifecycle(make_bundle, run_root):
 def test_runc_cli_run_propagates_exit_code(make_bundle):
     r = run("labkit-runc", "run", "--bundle", make_bundle(["sh", "-c", "exit 9"]), "c2")
     assert r.returncode == 9
+
+
+def test_reset_removes_a_leaked_container_and_its_shim(make_bundle, run_root):
+    """A container nobody deleted is a leak: doctor finds it, reset kills it and its state goes."""
+    import time
+
+    from labkit import doctor, runtime
+
+    runtime.create("forgotten", make_bundle(["sleep", "60"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = runtime.state("forgotten")
+    mine = [leak for leak in doctor.leaks() if leak.name.endswith("/forgotten")
+            or leak.pid == state.shim_pid]
+    assert {leak.kind for leak in mine} == {"container", "process"}
+    done = doctor.reset(only=mine)
+    assert any("killed container forgotten" in line for line in done)
+    deadline = time.time() + 5
+    while time.time() < deadline and os.path.exists(f"/proc/{state.shim_pid}"):
+        time.sleep(0.01)
+        try:
+            os.waitpid(state.shim_pid, os.WNOHANG)  # the shim is our child here: reap it
+        except ChildProcessError:
+            pass
+    assert not any(leak.name.endswith("/forgotten") for leak in doctor.leaks())
+    assert not os.path.exists(os.path.join(run_root, "runtime", "forgotten"))
