@@ -14,6 +14,16 @@ import pytest
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
+VM_CHAPTERS = ("00-", "01-", "02-", "03-")  # re-run on cgroup v2 inside the Vagrant VM (`-m vm`)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = os.path.basename(str(item.fspath))
+        if name.endswith(".ipynb") and name.startswith(VM_CHAPTERS):
+            item.add_marker(pytest.mark.vm)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks():
     if os.geteuid() != 0:
