@@ -17,9 +17,10 @@ from ..errors import LabkitError
 # uname -m / distribution names -> (GOARCH, variant)
 _ARCH_ALIASES: dict[str, tuple[str, str]] = {
     "x86_64": ("amd64", ""), "x86-64": ("amd64", ""), "amd64": ("amd64", ""),
-    "aarch64": ("arm64", ""), "arm64": ("arm64", ""),
+    "aarch64": ("arm64", ""), "arm64": ("arm64", ""), "armv8l": ("arm64", ""),
     "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-    "i386": ("386", ""), "i686": ("386", ""), "386": ("386", ""),
+    "armv5tel": ("arm", "v5"), "i386": ("386", ""), "i486": ("386", ""), "i586": ("386", ""),
+    "i686": ("386", ""), "386": ("386", ""), "loongarch64": ("loong64", ""),
 }
 # Older variants a CPU of the given variant also runs, best first.
 _COMPATIBLE: dict[str, tuple[str, ...]] = {
@@ -41,8 +42,8 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> "Platform":
         """'linux/arm64/v8', 'linux/amd64', 'arm64' (os defaults to linux), 'aarch64'."""
-        parts = [p for p in text.strip().lower().split("/") if p]
-        if not 1 <= len(parts) <= 3:
+        parts = text.strip().lower().split("/")
+        if not 1 <= len(parts) <= 3 or not all(parts):
             raise LabkitError(f"cannot parse platform {text!r}", "write it as os/arch[/variant], e.g. linux/arm64/v8")
         if len(parts) == 1:
             parts = ["linux", parts[0]]
@@ -50,7 +51,16 @@ class Platform:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Platform":
-        return cls(data.get("os", ""), data.get("architecture", ""), data.get("variant", ""))
+        return cls(data.get("os", ""), data.get("architecture", ""), data.get("variant", "") or "")
+
+    @classmethod
+    def from_descriptor(cls, descriptor: dict[str, Any]) -> "Platform | None":
+        """The platform an index entry names, or None (e.g. an entry that is no image)."""
+        data = descriptor.get("platform")
+        return cls.from_dict(data) if isinstance(data, dict) else None
+
+    def normalized(self) -> "Platform":
+        return normalize(self)
 
     def to_dict(self) -> dict[str, str]:
         out = {"architecture": self.architecture, "os": self.os}
@@ -69,12 +79,14 @@ def normalize(p: Platform) -> Platform:
         variant = "v" + variant
     if arch == "arm" and not variant:
         variant = "v7"
+    if arch == "amd64" and variant == "v1":
+        variant = ""  # v1 is the amd64 baseline: plain "amd64"
     return Platform(p.os.lower(), arch, variant)
 
 
-def host_platform() -> Platform:
-    """The platform of the machine we run on, from uname."""
-    return normalize(Platform("linux", os.uname().machine))
+def host_platform(machine: str | None = None) -> Platform:
+    """The platform of this machine (or of a `uname -m` name): x86_64 -> linux/amd64."""
+    return normalize(Platform("linux", machine or os.uname().machine))
 
 
 def candidates(wanted: Platform) -> list[Platform]:
@@ -107,14 +119,14 @@ def select(entries: Iterable[dict[str, Any]], wanted: Platform | str | None = No
     want = Platform.parse(wanted) if isinstance(wanted, str) else (wanted or host_platform())
     entries = list(entries)
     scored = []
+    entries = [e for e in entries if isinstance(e.get("platform"), dict)
+               and e["platform"].get("os") != "unknown"]  # attestations etc. are not images to run
     for position, entry in enumerate(entries):
-        if "platform" not in entry:
-            continue
         score = rank(want, Platform.from_dict(entry["platform"]))
         if score is not None:
             scored.append((score, position, entry))
     if not scored:
-        offered = ", ".join(str(Platform.from_dict(e["platform"])) for e in entries if "platform" in e)
+        offered = ", ".join(str(normalize(Platform.from_dict(e["platform"]))) for e in entries)
         raise LabkitError(f"the image has no variant for {want} (it offers: {offered or 'none'})",
                           "pick one of the offered platforms explicitly, e.g. platform='linux/amd64'")
     return min(scored, key=lambda item: item[:2])[2]
