@@ -46,4 +46,19 @@ class Workspace:
         for state in runtime.list_containers():
             runtime.delete(state.id, force=True)
         shutil.rmtree(self.path, ignore_errors=True)
-        return [leak for leak in doctor.leaks() if str(leak) not in self._before]
+        return [leak for leak in doctor.leaks() if str(leak) not in self._before and self._ours(leak)]
+
+    def _ours(self, leak: doctor.Leak) -> bool:
+        """Could this chapter have made it? Another open chapter's objects are not its leaks."""
+        if leak.kind in ("container", "mount") and leak.name.startswith("/tmp/labkit"):
+            return leak.name.startswith(self.path)
+        if leak.kind == "process":
+            try:
+                with open(f"/proc/{leak.pid}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+                with open(f"/proc/{leak.pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                return False  # gone meanwhile: not left behind
+            return self.path in cmdline or ppid == os.getpid()
+        return True
