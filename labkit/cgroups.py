@@ -215,6 +215,10 @@ class Cgroup:
 
     def set_io_bps(self, device: str, read_bps: int | None = None, write_bps: int | None = None) -> None:
         """Throttle a block device ("MAJ:MIN", a whole disk) in bytes per second."""
+        if not os.path.exists(f"/sys/dev/block/{device}"):  # cgroup v2 may accept any MAJ:MIN
+            raise CgroupError(f"IO throttling is not available here: there is no block device {device}",
+                              "throttles name a whole disk by MAJ:MIN (see /proc/partitions or lsblk); "
+                              "labkit.cgroups.block_device(path) finds the one a path lives on")
         try:
             self._set_io_bps(device, read_bps, write_bps)
         except CgroupError as err:

@@ -161,7 +161,7 @@ def _cgroups() -> list[str]:
     found = []
     for dirpath, dirnames, _ in os.walk(CGROUP_ROOT):
         for d in list(dirnames):
-            if d.startswith("labkit"):
+            if d.startswith("labkit") and not d.endswith((".service", ".scope", ".slice")):  # systemd's units
                 found.append(os.path.join(dirpath, d))
                 dirnames.remove(d)  # report the top of each labkit subtree
         if dirpath.count("/") > 9:

@@ -313,8 +313,12 @@ def test_io_throttle_where_there_is_no_such_disk_is_a_clear_error(make_bundle):
     minor = next(m for m in range(4095, 0, -1) if not os.path.exists(f"/sys/dev/block/7:{m}"))
     bundle = bundle_for(make_bundle, "true", {"blockIO": {"throttleWriteBpsDevice": [
         {"major": 7, "minor": minor, "rate": MiB}]}})
-    with pytest.raises(ContainerError, match="IO throttling is not available here") as info:
-        runtime.create("cg-no-disk", bundle)
+    try:
+        with pytest.raises(ContainerError, match="IO throttling is not available here") as info:
+            runtime.create("cg-no-disk", bundle)
+    finally:
+        if "cg-no-disk" in [s.id for s in runtime.list_containers()]:
+            runtime.delete("cg-no-disk", force=True)
     assert "whole disk" in info.value.hint
     with pytest.raises(cgroups.CgroupError, match="not available here.*not on a block device"):
         cgroups.block_device("/proc")

@@ -266,15 +266,17 @@ def mount_table(mountinfo: str) -> list[tuple[str, ...]]:
 
     Dropped: mount id, parent id and major:minor — allocated per mount (each
     tmpfs/proc/sysfs instance gets a fresh anonymous device), so they differ
-    between any two containers. Kept, in order: root within the filesystem,
-    mount point, per-mount flags, propagation (optional fields), fs type,
+    between any two containers — and the propagation fields: labkit makes the
+    container's mounts private (DESIGN.md), runc defaults to rslave, which only
+    shows ("master:N") where the host's / is shared, as under systemd. Kept, in
+    order: root within the filesystem, mount point, per-mount flags, fs type,
     source and superblock options.
     """
     table = []
     for line in mountinfo.splitlines():
         pre, _, post = line.partition(" - ")
         fields = pre.split()
-        table.append((fields[3], fields[4], fields[5], " ".join(fields[6:]), *post.split()))
+        table.append((fields[3], fields[4], fields[5], *post.split()))
     return table
 
 
