@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from .errors import LabkitError
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+SYS_DEV_BLOCK = "/sys/dev/block"  # MAJ:MIN entries of the block devices that exist
 PARENT = "labkit"
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices")
 V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
@@ -215,10 +216,6 @@ class Cgroup:
 
     def set_io_bps(self, device: str, read_bps: int | None = None, write_bps: int | None = None) -> None:
         """Throttle a block device ("MAJ:MIN", a whole disk) in bytes per second."""
-        if not os.path.exists(f"/sys/dev/block/{device}"):  # cgroup v2 may accept any MAJ:MIN
-            raise CgroupError(f"IO throttling is not available here: there is no block device {device}",
-                              "throttles name a whole disk by MAJ:MIN (see /proc/partitions or lsblk); "
-                              "labkit.cgroups.block_device(path) finds the one a path lives on")
         try:
             self._set_io_bps(device, read_bps, write_bps)
         except CgroupError as err:
@@ -234,6 +231,10 @@ class Cgroup:
             raise CgroupError(f"IO throttling is not available here: no io.max in {self._dir('io')}",
                               "the io controller is not enabled for this group (cgroup.subtree_control "
                               "of its parents); see `labkit doctor`")
+        if not os.path.exists(os.path.join(SYS_DEV_BLOCK, device)):  # cgroup v2 may accept any MAJ:MIN
+            raise CgroupError(f"IO throttling is not available here: there is no block device {device}",
+                              "throttles name a whole disk by MAJ:MIN (see /proc/partitions or lsblk); "
+                              "labkit.cgroups.block_device(path) finds the one a path lives on")
         if self.version == 2:
             parts = [device] + ([f"rbps={read_bps}"] if read_bps is not None else []) + \
                     ([f"wbps={write_bps}"] if write_bps is not None else [])

@@ -114,7 +114,7 @@ def _shim_env() -> dict[str, str]:
 
 
 def start(container_id: str, root: str | None = None) -> None:
-    """Release a created container: its init execs process.args."""
+    """Release a created container; returns once its init has exec'd process.args."""
     state = st.load(container_id, root)
     if state.status != "created":
         raise ContainerError(f"container {container_id!r} is {state.status}, not created",
@@ -129,7 +129,22 @@ def start(container_id: str, root: str | None = None) -> None:
         os.write(fd, b"\0")
     finally:
         os.close(fd)
+    _wait_for_exec(fifo)
     os.unlink(fifo)
+
+
+def _wait_for_exec(fifo: str, timeout: float = 10.0) -> None:
+    """The init holds exec.fifo open (close-on-exec) until it execs: once nobody
+    holds it, opening it for writing fails with ENXIO, and the program runs."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0002
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
 
 
 def state(container_id: str, root: str | None = None) -> st.State:

@@ -45,6 +45,8 @@ def fake_v2(tmp_path):
 
 
 def test_v2_create_enables_controllers_and_applies_oci_resources(tmp_path, monkeypatch):
+    (tmp_path / "dev-block" / "8:0").mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "SYS_DEV_BLOCK", str(tmp_path / "dev-block"))
     root, mkdir = fake_v2(tmp_path)
     monkeypatch.setattr(cgroups.os, "mkdir", mkdir)
     g = cgroups.create("c1", root=str(root))
