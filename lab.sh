@@ -48,6 +48,9 @@ install_venv() {
     "$VENV/bin/pip" install -q -e ".[all]"
     echo "$want" > "$stamp"
   fi
+  # Byte-compile labkit: every container start runs a fresh interpreter (the shim), and
+  # where PYTHONDONTWRITEBYTECODE is set nothing would cache the compiled modules otherwise.
+  "$VENV/bin/python" -m compileall -q labkit >/dev/null
 }
 
 setup() {
