@@ -38,6 +38,18 @@ class BlobResult:
         return self.status in ("fetched", "resumed", "uploaded")
 
 
+def blob_lines(blobs: list[BlobResult]) -> list[str]:
+    """One text line per blob, for the reprs of pull and push results."""
+    return [f"  {b.kind:6} {b.digest[:19]}  {b.size:>10}  {b.status}" for b in blobs]
+
+
+def blob_table(blobs: list[BlobResult]) -> str:
+    """The same as an HTML table, for notebooks."""
+    rows = "".join(f"<tr><td>{b.kind}</td><td><code>{html.escape(b.digest[:19])}…</code></td>"
+                   f"<td style='text-align:right'>{b.size:,}</td><td>{b.status}</td></tr>" for b in blobs)
+    return f"<table><tr><th>kind</th><th>digest</th><th>bytes</th><th>status</th></tr>{rows}</table>"
+
+
 @dataclasses.dataclass
 class PullResult:
     reference: Reference
@@ -73,16 +85,12 @@ class PullResult:
         lines = [f"PullResult({self.reference}: {self.digest}"
                  + (f", index {self.index_digest}, platform {self.platform}" if self.index_digest else "")
                  + f", {len(self.fetched)} fetched ({self.bytes_fetched} bytes), {len(self.skipped)} already present)"]
-        lines += [f"  {b.kind:6} {b.digest[:19]}  {b.size:>10}  {b.status}" for b in self.blobs]
-        return "\n".join(lines)
+        return "\n".join(lines + blob_lines(self.blobs))
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{b.kind}</td><td><code>{html.escape(b.digest[:19])}…</code></td>"
-                       f"<td style='text-align:right'>{b.size:,}</td><td>{b.status}</td></tr>" for b in self.blobs)
         return (f"<b>{html.escape(str(self.reference))}</b> → <code>{self.digest}</code><br>"
                 f"{len(self.fetched)} blobs fetched ({self.bytes_fetched:,} bytes), "
-                f"{len(self.skipped)} already present, {self.seconds:.2f} s"
-                f"<table><tr><th>kind</th><th>digest</th><th>bytes</th><th>status</th></tr>{rows}</table>")
+                f"{len(self.skipped)} already present, {self.seconds:.2f} s" + blob_table(self.blobs))
 
 
 def _platform_json(p: Platform) -> dict[str, str]:

@@ -17,7 +17,7 @@ from ..images.store import Store, check_digest
 from . import progress as _progress
 from .client import INDEX_TYPES, IMAGE_TYPES, RegistryClient, media_type_of
 from .errors import ManifestError
-from .pull import BlobResult, _client_for, _unique_blobs, as_store
+from .pull import BlobResult, _client_for, _unique_blobs, as_store, blob_lines, blob_table
 from .reference import Reference, parse_reference
 
 
@@ -41,15 +41,12 @@ class PushResult:
     def __repr__(self) -> str:
         lines = [f"PushResult({self.reference}: {self.digest}, {len(self.uploaded)} uploaded, "
                  f"{len(self.skipped)} skipped or mounted)"]
-        lines += [f"  {b.kind:6} {b.digest[:19]}  {b.size:>10}  {b.status}" for b in self.blobs]
-        return "\n".join(lines)
+        return "\n".join(lines + blob_lines(self.blobs))
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{b.kind}</td><td><code>{html.escape(b.digest[:19])}…</code></td>"
-                       f"<td style='text-align:right'>{b.size:,}</td><td>{b.status}</td></tr>" for b in self.blobs)
         return (f"<b>{html.escape(str(self.reference))}</b> ← <code>{self.digest}</code><br>"
                 f"{len(self.uploaded)} uploaded, {len(self.skipped)} skipped or mounted, {self.seconds:.2f} s"
-                f"<table><tr><th>kind</th><th>digest</th><th>bytes</th><th>status</th></tr>{rows}</table>")
+                + blob_table(self.blobs))
 
 
 def resolve_source(store: Store, source: str | dict[str, Any]) -> dict[str, Any]:
