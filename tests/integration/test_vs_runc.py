@@ -94,7 +94,16 @@ class Runc:
 
     @staticmethod
     def _parents() -> list[str]:
-        return [os.path.join(d, CGROUP_PARENT) for d in own_cgroup_dirs()]
+        """Where runc may have put CGROUP_PARENT: below our own cgroup, or wherever a
+        directory of that (per-session, random) name exists — on a systemd v2 host
+        runc's cgroupfs driver may nest it elsewhere, e.g. under system.slice."""
+        found = {os.path.join(d, CGROUP_PARENT) for d in own_cgroup_dirs()}
+        for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
+            if CGROUP_PARENT in dirnames:
+                found.add(os.path.join(dirpath, CGROUP_PARENT))
+            if dirpath.count("/") >= 7:
+                dirnames[:] = []
+        return sorted(found)
 
     def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)

@@ -81,7 +81,7 @@ root=$work/mnt
 
 log "debootstrap $LAB_BOX_SUITE from $LAB_BOX_MIRROR"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,kmod,ifupdown,isc-dhcp-client,iproute2,netbase,procps,linux-image-amd64,openssh-server,sudo,rsync,ca-certificates,curl,less,zstd \
+    --include=systemd-sysv,udev,kmod,ifupdown,isc-dhcp-client,iproute2,netbase,procps,iputils-ping,dbus,linux-image-amd64,openssh-server,sudo,rsync,ca-certificates,curl,less,zstd \
     "$LAB_BOX_SUITE" "$root" "$LAB_BOX_MIRROR" > "$work/debootstrap.log" 2>&1 \
     || { tail -40 "$work/debootstrap.log" >&2; [ -f "$root/debootstrap/debootstrap.log" ] && tail -40 "$root/debootstrap/debootstrap.log" >&2; exit 1; }
 log "debootstrap done"
@@ -104,6 +104,15 @@ allow-hotplug eth0
 iface eth0 inet dhcp
 EOF
 echo 'LANG=C.UTF-8' > "$root/etc/default/locale"
+
+# Speed under software emulation (TCG), where every fsync and every process
+# costs 10x: dpkg without fsync (a throw-away CI VM), no translations, and
+# no initramfs rebuild each time a package (busybox, a kernel module
+# package) triggers one — the initramfs made here boots this box's kernel.
+echo force-unsafe-io > "$root/etc/dpkg/dpkg.cfg.d/labkit-unsafe-io"
+echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/80labkit-no-translations"
+sed -i 's/^update_initramfs=.*/update_initramfs=no/' "$root/etc/initramfs-tools/update-initramfs.conf"
+grep -q '^update_initramfs=no' "$root/etc/initramfs-tools/update-initramfs.conf"
 
 # The vagrant user, the Vagrant convention for base boxes.
 chroot "$root" useradd -m -s /bin/bash -U vagrant

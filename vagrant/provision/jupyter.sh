@@ -5,20 +5,23 @@
 set -euo pipefail
 dir=${LAB_DIR:?}
 jupyter="$dir/.venv/bin/jupyter"
-[ -x "$jupyter" ] || { echo "[labkit-vm] ERROR: $jupyter missing: did ./lab.sh setup succeed?" >&2; exit 1; }
+[ -x "$jupyter" ] || { echo "[lab-vm] ERROR: $jupyter missing: did ./lab.sh setup succeed?" >&2; exit 1; }
 
-install -d -m 0700 /etc/labkit
-if [ ! -s /etc/labkit/jupyter-token ]; then
-    (umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > /etc/labkit/jupyter-token)
+install -d -m 0700 /etc/container-lab
+if [ ! -s /etc/container-lab/jupyter-token ]; then
+    (umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > /etc/container-lab/jupyter-token)
 fi
-token=$(cat /etc/labkit/jupyter-token)
-(umask 077; echo "JUPYTER_TOKEN=$token" > /etc/labkit/jupyter.env)
+token=$(cat /etc/container-lab/jupyter-token)
+(umask 077; echo "JUPYTER_TOKEN=$token" > /etc/container-lab/jupyter.env)
 
+# Names: "containerlab-…", never "labkit…": labkit treats kernel objects
+# with a labkit prefix (a service's cgroup included) as its own, and
+# `labkit doctor --leaks` would report this service's cgroup as a leak.
 # Root: the chapters create namespaces, cgroups, mounts and links.
 # Listens on all guest addresses: VirtualBox/VMware/Parallels NAT forward to
 # the guest's NIC, not to its loopback. Only the host's 127.0.0.1 is
 # forwarded to it, and the token guards it.
-cat > /etc/systemd/system/labkit-jupyter.service <<UNIT
+cat > /etc/systemd/system/containerlab-jupyter.service <<UNIT
 # Written by Container Lab (vagrant/provision/jupyter.sh).
 [Unit]
 Description=Container Lab JupyterLab
@@ -28,8 +31,8 @@ ConditionPathExists=$jupyter
 [Service]
 Type=simple
 WorkingDirectory=$dir
-EnvironmentFile=/etc/labkit/jupyter.env
-ExecStart=$jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --allow-root --ServerApp.root_dir=$dir
+EnvironmentFile=/etc/container-lab/jupyter.env
+ExecStart=$jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --allow-root --ServerApp.root_dir=$dir/notebooks
 Restart=on-failure
 # A delegated cgroup subtree: labkit may create and manage cgroups below it,
 # and systemd keeps every controller enabled on the path to it.
@@ -39,17 +42,22 @@ Delegate=yes
 WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
-systemctl enable --quiet labkit-jupyter.service
-systemctl restart labkit-jupyter.service
+systemctl enable --quiet containerlab-jupyter.service
+systemctl restart containerlab-jupyter.service
 
 for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null -H "Authorization: token $token" http://127.0.0.1:8888/api/status 2>/dev/null; then
-        echo "[labkit-vm] JupyterLab is up (service labkit-jupyter, guest port 8888)"
+    if "$dir/.venv/bin/python" - "$token" <<'PY' 2>/dev/null; then
+import sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:8888/api/status",
+                             headers={"Authorization": "token " + sys.argv[1]})
+urllib.request.urlopen(req, timeout=5)
+PY
+        echo "[lab-vm] JupyterLab is up (service containerlab-jupyter, guest port 8888)"
         exit 0
     fi
-    systemctl is-failed --quiet labkit-jupyter.service && break
+    systemctl is-failed --quiet containerlab-jupyter.service && break
     sleep 1
 done
-echo "[labkit-vm] ERROR: JupyterLab did not answer on port 8888" >&2
-journalctl -u labkit-jupyter.service -n 60 --no-pager >&2 || true
+echo "[lab-vm] ERROR: JupyterLab did not answer on port 8888" >&2
+journalctl -u containerlab-jupyter.service -n 60 --no-pager >&2 || true
 exit 1

@@ -8,7 +8,7 @@ set -euo pipefail
 [ "${LAB_BIND_VENV:-1}" = 1 ] || exit 0
 venv="$LAB_DIR/.venv"
 mountpoint -q "$venv" && exit 0
-install -d /var/lib/labkit-vm/venv
+install -d /var/lib/container-lab/venv
 mkdir -p "$venv"
-mount --bind /var/lib/labkit-vm/venv "$venv"
-echo "[labkit-vm] $venv is VM-local (/var/lib/labkit-vm/venv)"
+mount --bind /var/lib/container-lab/venv "$venv"
+echo "[lab-vm] $venv is VM-local (/var/lib/container-lab/venv)"
