@@ -27,7 +27,14 @@
 set -euo pipefail
 
 out=${1:?usage: build-box.sh OUTPUT.box}
-: "${LAB_BOX_MIRROR:=http://deb.debian.org/debian}"
+# The Debian mirrors this host's own apt uses (deb822 "URIs:" or one-line "deb URL").
+host_apt_uris() {
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    sed -nE 's/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p'
+}
+: "${LAB_BOX_MIRROR:=$(host_apt_uris | grep -v security | head -n1)}"
+: "${LAB_BOX_SECURITY_MIRROR:=$(host_apt_uris | grep security | head -n1)}"
+[ -n "$LAB_BOX_MIRROR" ] || { echo "build-box.sh: no Debian mirror in this host's apt sources; set LAB_BOX_MIRROR" >&2; exit 1; }
 : "${LAB_BOX_SUITE:=bookworm}"
 : "${LAB_BOX_DISK_GB:=20}"
 
@@ -89,7 +96,7 @@ log "debootstrap done"
 cat > "$root/etc/apt/sources.list" <<EOF
 deb $LAB_BOX_MIRROR $LAB_BOX_SUITE main
 deb $LAB_BOX_MIRROR $LAB_BOX_SUITE-updates main
-deb http://deb.debian.org/debian-security $LAB_BOX_SUITE-security main
+${LAB_BOX_SECURITY_MIRROR:+deb $LAB_BOX_SECURITY_MIRROR $LAB_BOX_SUITE-security main}
 EOF
 printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$uuid" > "$root/etc/fstab"
 echo labkit > "$root/etc/hostname"
