@@ -46,6 +46,16 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _check_content(digest: str, total: int, expected: str | None, size: int | None) -> None:
+    """Refuse content whose size or digest is not what the caller was promised."""
+    if size is not None and total != size:
+        raise DigestError(f"content is {total} bytes, expected {size}",
+                          "the transfer was truncated or padded; nothing was stored — fetch it again")
+    if expected and digest != expected:
+        raise DigestError(f"content digest {digest} does not match the expected {expected}",
+                          "the blob was corrupted or tampered with; nothing was stored — fetch it again")
+
+
 class Store:
     """An OCI image layout directory used as labkit's blob store."""
 
@@ -101,12 +111,7 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             digest = "sha256:" + h.hexdigest()
-            if expected and digest != expected:
-                raise DigestError(f"content digest {digest} does not match the expected {expected}",
-                                  "the blob was corrupted or tampered with; nothing was stored — fetch it again")
-            if size is not None and total != size:
-                raise DigestError(f"content is {total} bytes, expected {size}",
-                                  "the transfer was truncated; nothing was stored — fetch it again")
+            _check_content(digest, total, expected, size)
             os.replace(tmp, self.blob_path(digest))
             return digest
         except BaseException:
@@ -127,12 +132,7 @@ class Store:
                     total += len(chunk)
                 os.fsync(f.fileno())
             digest = "sha256:" + h.hexdigest()
-            if size is not None and total != size:
-                raise DigestError(f"content is {total} bytes, expected {size}",
-                                  "the transfer was truncated or padded; nothing was stored — fetch it again")
-            if digest != expected:
-                raise DigestError(f"content digest {digest} does not match the expected {expected}",
-                                  "the blob was corrupted or tampered with; nothing was stored — fetch it again")
+            _check_content(digest, total, expected, size)
             os.replace(path, self.blob_path(digest))
             return digest
         except BaseException:
