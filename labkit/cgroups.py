@@ -452,7 +452,7 @@ def _create_v2(name: str, root: str, parent: str) -> Cgroup:
     _enable_v2_controllers(current, V2_CONTROLLERS)
     leaf = os.path.join(current, parts[-1])
     _mkdir(leaf)
-    return Cgroup(rel, 2, {"": leaf})
+    return Cgroup(name, 2, {"": leaf})  # the name as given, as on v1: remove_parents(name) needs it
 
 
 def _create_v1(name: str, root: str, parent: str, mounts: dict[str, str] | None = None,

@@ -185,6 +185,32 @@ def test_remove_parents_takes_absolute_paths_from_the_root_and_only_labkit_dirs(
     assert (tmp_path / "memory" / "machine" / "me").exists()
 
 
+def test_v2_group_keeps_its_name_so_remove_parents_removes_the_labkit_parent(tmp_path, monkeypatch):
+    # A fake v2 root: kernfs would make the interface files in each new directory; here we do.
+    made = []
+    real_mkdir = cgroups._mkdir
+
+    def mkdir(path):
+        made.append(path)
+        if real_mkdir(path):
+            for name in ("cgroup.controllers", "cgroup.subtree_control"):
+                open(os.path.join(path, name), "w").close()
+            return True
+        return False
+    monkeypatch.setattr(cgroups, "_mkdir", mkdir)
+    (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    for name, parents in (("c", ["labkit"]), ("/labkit-peer/c", ["labkit-peer"])):
+        g = cgroups.create(name, root=str(tmp_path))
+        assert g.name == name and g.dirs[""] == str(tmp_path / parents[0] / "c")
+        for leftover in ("cgroup.controllers", "cgroup.subtree_control"):  # rmdir on kernfs ignores them
+            os.unlink(os.path.join(g.dirs[""], leftover))
+            os.unlink(tmp_path / parents[0] / leftover)
+        os.rmdir(g.dirs[""])
+        cgroups.remove_parents(g.name, root=str(tmp_path))
+        assert not (tmp_path / parents[0]).exists(), name
+
+
 def test_create_retries_when_a_parent_vanishes(tmp_path, monkeypatch):
     calls = []
 
