@@ -81,6 +81,12 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522  # 64-bit sets, passed as two 32-bit halves
 
 # --- libc ----------------------------------------------------------------------
 def _load_libc() -> ctypes.CDLL:
@@ -163,3 +169,46 @@ def set_pdeathsig(sig: int) -> None:
 def set_child_subreaper() -> None:
     """Orphaned descendants get reparented to this process, not to PID 1."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --- capabilities ----------------------------------------------------------------
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) for this thread: the three sets as 64-bit masks (bit N = capability N)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(*[_CapData((effective >> s) & 0xFFFFFFFF, (permitted >> s) & 0xFFFFFFFF,
+                                     (inheritable >> s) & 0xFFFFFFFF) for s in (0, 32)])
+    result = _libc.syscall(ctypes.c_long(syscall_number("capset")), ctypes.byref(header), data)
+    _check(result, "capset", f"effective={effective:#x} permitted={permitted:#x} inheritable={inheritable:#x}")
+
+
+def capbset_drop(cap: int) -> None:
+    """Remove capability `cap` from this thread's bounding set, for good (needs CAP_SETPCAP)."""
+    prctl(PR_CAPBSET_DROP, cap)
+
+
+def set_keepcaps(keep: bool) -> None:
+    """Keep the permitted set across a setuid() away from uid 0 (cleared again by the caller)."""
+    prctl(PR_SET_KEEPCAPS, int(keep))
+
+
+def ambient_clear() -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def ambient_raise(cap: int) -> None:
+    """Add `cap` to the ambient set: kept across execve of a non-setuid program."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+
+
+def set_no_new_privs() -> None:
+    """execve can no longer grant privileges (setuid bits, file capabilities): one way."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)

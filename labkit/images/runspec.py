@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from .. import capabilities
 from ..errors import LabkitError
 from ..runtime.spec import DEFAULT_PATH, Spec, User, default_spec
 from .model import ImageConfig
@@ -104,6 +105,12 @@ def to_spec(config: ImageConfig, read_file: ReadFile | None = None, args: list[s
     spec.process.env = merged
     spec.process.cwd = run.working_dir or "/"
     spec.process.user = resolve_user(run.user, read("/etc/passwd"), read("/etc/group"))
+    # Docker's capabilities, not runc's: root keeps its 14; another user only has them as a
+    # bound (it could regain them through a setuid or file-capability program), as in Docker.
+    root = spec.process.user.uid == 0
+    spec.process.capabilities = capabilities.oci_sets(capabilities.DOCKER_DEFAULT) if root else {
+        "bounding": list(capabilities.DOCKER_DEFAULT)}
+    spec.process.noNewPrivileges = False  # docker run's default
     spec.annotations = annotations(config)
     return spec
 

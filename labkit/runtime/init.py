@@ -9,8 +9,9 @@ Three processes, the same split runc's nsexec uses:
            |                   ones (a new PID namespace only applies to
            |                   children), reports its child's pid, exits.
            +- container init  PID 1 of the new PID namespace: mounts,
-                               pivot_root, hostname, user, cwd; waits on
-                               exec.fifo for `start`; then execs process.args.
+                               pivot_root, hostname, cwd, rlimits, bounding
+                               set, user, capabilities; waits on exec.fifo
+                               for `start`; then execs process.args.
 
 The shim and stages talk over a socketpair in JSON lines; the caller of
 `create` hears back on --ready-fd once the container is created or failed.
@@ -22,13 +23,14 @@ import dataclasses
 import datetime
 import json
 import os
+import resource
 import signal
 import socket
 import stat
 import sys
 from typing import Any
 
-from .. import cgroups, namespaces, rootfs
+from .. import capabilities, cgroups, namespaces, rootfs
 from .. import sys as lsys
 from ..errors import LabkitError
 from . import store as st
@@ -118,6 +120,7 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         if linux and linux.namespace("user"):
             os.setresgid(0, 0, 0)  # act as the mapped root, not as the overflow id
             os.setresuid(0, 0, 0)
+        last_cap = capabilities.last_cap()  # from /proc, which the container may not have
         setup_rootfs(spec, bundle)
         if spec.hostname:
             lsys.sethostname(spec.hostname)
@@ -129,13 +132,20 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         user = process.user
         if "HOME" not in env:  # runc sets it from the container's /etc/passwd
             env["HOME"] = home_of(user.uid)
+        set_rlimits(process.rlimits or [])  # while still root: raising a hard limit needs it
+        if process.noNewPrivileges:
+            lsys.set_no_new_privs()
+        caps = process.capabilities or {}  # none listed: none kept, as runc
+        capabilities.drop_bounding(caps.get("bounding", []), last_cap)
+        lsys.set_keepcaps(True)  # or leaving uid 0 would empty the permitted set
         os.setgroups(user.additionalGids or [])
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
+        lsys.set_keepcaps(False)
+        capabilities.apply_sets(caps, last_cap)
         os.umask(user.umask if user.umask is not None else 0o022)  # runc's default, not the caller's
         program = look_path(process.args[0], env)  # as the user: a bad program fails `create`
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; exec would keep that
-            signal.signal(sig, signal.SIG_DFL)
+        reset_signals()
         chan.send("created")
         os.read(fifo_fd, 1)  # blocks until `start`
         chan.sock.close()
@@ -147,6 +157,25 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
     except OSError as err:  # e.g. removed between create and start
         os.write(2, f"labkit: exec {process.args[0]!r}: {err.strerror}\n".encode())
         os._exit(127 if isinstance(err, FileNotFoundError) else 126)
+
+
+def reset_signals() -> None:
+    """Default dispositions and no blocked signals, as under runc. exec keeps ignored
+    signals and the mask: Python ignores SIGPIPE and SIGXFSZ, and a caller started in
+    the background by a shell ignores SIGINT and SIGQUIT; the container must not inherit them."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):  # a number glibc keeps for itself
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def set_rlimits(rlimits: list[dict[str, Any]]) -> None:
+    """process.rlimits: setrlimit(2) for each; they survive execve."""
+    for r in rlimits:
+        resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
 
 
 def home_of(uid: int, passwd: str = "/etc/passwd") -> str:

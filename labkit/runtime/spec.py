@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, ClassVar
 
+from .. import capabilities
 from ..errors import SpecError
 from ..namespaces import TYPES as NAMESPACE_TYPES
 
@@ -72,6 +73,9 @@ class Process(_Model):
     cwd: str = "/"
     user: User = dataclasses.field(default_factory=User)
     terminal: bool = False
+    capabilities: dict[str, list[str]] | None = None  # None: no capabilities at all, as runc
+    noNewPrivileges: bool = False
+    rlimits: list[dict[str, Any]] | None = None  # [{"type": "RLIMIT_NOFILE", "soft": N, "hard": N}]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -186,6 +190,9 @@ class Spec(_Model):
             yield "process.user uid/gid must not be negative"
         if self.process and self.process.terminal:
             yield "process.terminal=true is not supported yet: set it to false"
+        if self.process:
+            yield from capabilities.problems(self.process.capabilities)
+            yield from _rlimit_problems(self.process.rlimits)
         if self.root is None or not self.root.path:
             yield "root.path is missing"
         elif bundle is not None and not os.path.isdir(self.rootfs_path(bundle)):
@@ -213,6 +220,31 @@ class Spec(_Model):
             yield "uid/gid mappings need a user namespace in linux.namespaces"
 
 
+RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS",
+           "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC",
+           "RLIMIT_RSS", "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK")
+
+
+def _rlimit_problems(rlimits: Any):
+    if rlimits is None:
+        return
+    if not isinstance(rlimits, list):
+        yield "process.rlimits must be a list of {type, soft, hard}"
+        return
+    seen = set()
+    for r in rlimits:
+        kind = r.get("type") if isinstance(r, dict) else None
+        if kind not in RLIMITS:
+            yield f"process.rlimits: unknown type {kind!r} (use e.g. RLIMIT_NOFILE; see getrlimit(2))"
+            continue
+        soft, hard = r.get("soft"), r.get("hard")
+        if not all(isinstance(v, int) and v >= 0 for v in (soft, hard)) or soft > hard:
+            yield f"process.rlimits: {kind} needs integers 0 <= soft <= hard, got soft={soft!r} hard={hard!r}"
+        if kind in seen:
+            yield f"process.rlimits: {kind} listed twice"
+        seen.add(kind)
+
+
 def default_mounts() -> list[Mount]:
     """The mounts every Linux container gets (as `runc spec` lists them)."""
     return [
@@ -231,9 +263,11 @@ DEFAULT_NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup")
 
 def default_spec(args: list[str] | None = None, rootfs: str = "rootfs",
                  hostname: str = "labkit", namespaces=DEFAULT_NAMESPACES) -> Spec:
-    """A spec like `runc spec` makes: sh in busybox, all namespaces but user."""
+    """A spec like `runc spec` makes: sh in busybox, all namespaces but user, runc's three
+    capabilities, no new privileges, at most 1024 open files."""
     return Spec(
-        process=Process(args=list(args or ["sh"])),
+        process=Process(args=list(args or ["sh"]), capabilities=capabilities.oci_sets(capabilities.RUNC_DEFAULT, ambient=True),
+                        noNewPrivileges=True, rlimits=[{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]),
         root=Root(path=rootfs),
         hostname=hostname,
         mounts=default_mounts(),

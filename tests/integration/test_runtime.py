@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from labkit import namespaces, runtime
+from labkit import capabilities, namespaces, runtime
 from labkit.errors import ContainerError, SpecError
 from labkit.runtime.spec import IDMapping, Namespace
 
@@ -24,15 +24,28 @@ def test_pid_1_and_only_its_own_processes(make_bundle):
     assert int(count) <= 3  # sh, ps, wc: nothing of the host's
 
 
+def with_caps(*names):
+    """A spec edit: these capabilities on top of runc's default three."""
+    def edit(spec):
+        spec.process.capabilities = capabilities.oci_sets([*capabilities.RUNC_DEFAULT, *names])
+    return edit
+
+
 def test_hostname_is_isolated(make_bundle):
     host = os.uname().nodename
-    result = sh(make_bundle, "hostname; hostname changed; hostname", hostname="box")
+    result = sh(make_bundle, "hostname; hostname changed; hostname", hostname="box", edit=with_caps("CAP_SYS_ADMIN"))
     assert result.stdout.split() == ["box", "changed"]
     assert os.uname().nodename == host
 
 
+def test_without_cap_sys_admin_root_cannot_change_the_hostname_or_mount(make_bundle):
+    result = sh(make_bundle, "hostname changed; echo $?; mkdir -p /mnt/x; mount -t tmpfs t /mnt/x; echo $?", hostname="box")
+    assert result.stdout.split() == ["1", "1"] and "not permitted" in result.stderr, result
+
+
 def test_mount_inside_is_invisible_on_host(make_bundle):
-    result = sh(make_bundle, "mkdir -p /mnt/x && mount -t tmpfs labkit-probe /mnt/x && grep -c labkit-probe /proc/self/mountinfo")
+    result = sh(make_bundle, "mkdir -p /mnt/x && mount -t tmpfs labkit-probe /mnt/x && grep -c labkit-probe /proc/self/mountinfo",
+                edit=with_caps("CAP_SYS_ADMIN"))
     assert result.stdout.strip() == "1"
     with open("/proc/self/mountinfo") as f:
         assert "labkit-probe" not in f.read()
@@ -218,3 +231,14 @@ def test_join_another_containers_namespaces_by_path(make_bundle):
         assert net == f"net:[{namespaces.inspect(pid)['network'].inode}]"
     finally:
         runtime.delete("pod-infra", force=True)
+
+
+def test_caller_ignored_and_blocked_signals_do_not_leak_in(make_bundle, tmp_path):
+    """A caller started in the background by a shell ignores SIGINT and SIGQUIT; exec would
+    pass that on. The container starts with every signal at its default and none blocked.
+    (runc, for comparison, leaves some ignored, depending on the Go runtime's own handling.)"""
+    path = make_bundle(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+    wrap = ["sh", "-c", 'trap "" INT QUIT HUP USR1 PIPE; exec "$@"', "sh"]
+    done = subprocess.run([*wrap, "labkit-runc", "--root", str(tmp_path / "state"), "run", "--bundle", path, "sig"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "")

@@ -11,9 +11,6 @@ What is *not* compared, and why, is said where it matters:
 - mount ids, parent ids and the anonymous device numbers (0:NN) of each
   mount are allocated by the kernel per mount, so they differ between any
   two containers, even two runs of runc;
-- capabilities: with no process.capabilities in config.json runc gives the
-  process none; labkit does not implement capabilities yet (chapter 09), so
-  root in a labkit container keeps the full set (see the xfail below);
 - how runc reports an error (logrus `level=error msg=...`) versus labkit's
   `labkit: ...` line: only the failure, the exit code and the kernel's
   reason are compared.
@@ -40,9 +37,9 @@ import uuid
 
 import pytest
 
-from labkit import rootfs
+from labkit import capabilities, rootfs
 from labkit.runtime import default_spec
-from labkit.runtime.spec import IDMapping, Namespace
+from labkit.runtime.spec import IDMapping, Mount, Namespace
 
 pytestmark = [
     pytest.mark.peer,
@@ -413,9 +410,41 @@ def test_same_user_namespace_mapping_seen_from_the_host(runc, labkit_root, bundl
     assert seen["labkit"] == seen["runc"] == ("100000", "100000", "0 100000 65536")
 
 
-# --- a known difference ----------------------------------------------------------------------------
-@pytest.mark.xfail(reason="labkit does not drop capabilities yet (chapter 09); runc gives none "
-                          "when config.json lists no process.capabilities", strict=False)
-def test_same_capabilities(runc, labkit_root, bundle):
-    out = run_both(runc, labkit_root, bundle(["grep", "^Cap", "/proc/self/status"]))
-    assert out["labkit"] == out["runc"]
+# --- capabilities, no_new_privs, rlimits -----------------------------------------------------------
+def _no_caps(spec):
+    spec.process.capabilities = None  # runc: none at all
+
+
+def _docker_caps(spec):
+    spec.process.capabilities = capabilities.oci_sets(capabilities.DOCKER_DEFAULT)
+
+
+def _user_with_caps(spec):  # keepcaps across the switch away from uid 0, then capset
+    spec.process.user.uid = spec.process.user.gid = 1000
+    spec.process.capabilities = {"bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_RAW"],
+                                 "permitted": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+                                 "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
+
+
+def _rlimits_and_privs(spec):
+    spec.process.noNewPrivileges = False
+    spec.process.rlimits = [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 2048},
+                            {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]
+
+
+CAPS_AND_LIMITS = "grep -E '^(Cap|NoNewPrivs)' /proc/self/status; ulimit -n; ulimit -Hn; ulimit -c"
+
+
+@pytest.mark.parametrize("edit", [None, _no_caps, _docker_caps, _user_with_caps, _rlimits_and_privs],
+                         ids=["runc-spec-default", "none-listed", "docker-default", "user-1000", "rlimits"])
+def test_same_capabilities_no_new_privs_and_rlimits(runc, labkit_root, bundle, edit):
+    out = run_both(runc, labkit_root, bundle(sh(CAPS_AND_LIMITS), edit))
+    assert out["labkit"] == out["runc"] and out["runc"][0] == 0, out
+
+
+def test_dropped_capabilities_are_enforced_like_runc(runc, labkit_root, bundle):
+    """Root without CAP_CHOWN/CAP_SYS_ADMIN: the kernel refuses, in both."""
+    script = "touch /tmp/f; chown 1:1 /tmp/f; echo chown=$?; hostname other; echo hostname=$?"
+    out = run_both(runc, labkit_root, bundle(sh(script), lambda s: s.mounts.append(
+        Mount("/tmp", "tmpfs", "tmpfs", ["nosuid", "nodev"]))))
+    assert out["labkit"][1] == out["runc"][1] == "chown=1\nhostname=1\n", out

@@ -1,6 +1,7 @@
 """Image config -> runtime spec: command, env, cwd, user from the image's passwd, ports."""
 import pytest
 
+from labkit import capabilities
 from labkit.errors import LabkitError
 from labkit.images import runspec
 from labkit.images.model import ImageConfig, RunConfig
@@ -65,3 +66,12 @@ def test_a_missing_path_gets_the_default():
     spec = runspec.to_spec(config(env=["A=1"], cmd=["sh"]))
     assert spec.process.env[0].startswith("PATH=/usr/local/sbin")
     assert spec.process.cwd == "/"
+
+
+def test_image_containers_get_dockers_capabilities():
+    files = {"/etc/passwd": PASSWD, "/etc/group": GROUP}
+    as_root = runspec.to_spec(config(cmd=["sh"]), files.get).process
+    assert as_root.capabilities == capabilities.oci_sets(capabilities.DOCKER_DEFAULT)
+    assert as_root.noNewPrivileges is False
+    as_app = runspec.to_spec(config(cmd=["sh"], user="app"), files.get).process
+    assert as_app.capabilities == {"bounding": list(capabilities.DOCKER_DEFAULT)}  # a bound, none held
