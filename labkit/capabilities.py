@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from . import sys as lsys
+from .errors import LabkitError
 
 # linux/capability.h: the list index is the capability's number.
 NAMES = (
@@ -51,6 +52,44 @@ def oci_sets(names: Iterable[str], ambient: bool = False) -> dict[str, list[str]
     if ambient:
         sets["ambient"] = keep
     return {k: list(v) for k, v in sets.items()}
+
+
+def canonical(name: str) -> str:
+    """"net_admin", "NET_ADMIN" or "CAP_NET_ADMIN" -> "CAP_NET_ADMIN" (docker's --cap-add spellings)."""
+    upper = name.strip().upper()
+    full = upper if upper.startswith("CAP_") or upper == "ALL" else "CAP_" + upper
+    if full != "ALL" and full not in NAMES:
+        raise LabkitError(f"unknown capability {name!r}",
+                          "use a name from capabilities(7), e.g. NET_ADMIN or CAP_SYS_TIME, or ALL")
+    return full
+
+
+def adjusted(base: Iterable[str], add: Iterable[str] = (), drop: Iterable[str] = (),
+             every: Iterable[str] | None = None) -> list[str]:
+    """`docker run --cap-drop ... --cap-add ...`: drops first (ALL empties), then adds.
+
+    ALL added means `every`: by default what this process itself may hold (its bounding
+    set), as Docker's --privileged is what dockerd holds, not what the kernel knows.
+    """
+    drop_set, add_set = {canonical(n) for n in drop}, {canonical(n) for n in add}
+    kept = set() if "ALL" in drop_set else set(base) - drop_set
+    kept |= set(held() if every is None else every) if "ALL" in add_set else add_set
+    return [n for n in NAMES if n in kept]
+
+
+def held(pid: int | str = "self") -> list[str]:
+    """The capabilities a process (this one by default) can still hold: its bounding set."""
+    return [n for n in names(of_process(pid)["bounding"]) if n in NAMES]
+
+
+def beyond(caps: Mapping[str, list[str]] | None, pid: int | str = "self") -> list[str]:
+    """Capabilities `caps` asks for that the process `pid` (the container's creator) cannot give."""
+    if not caps:
+        return []
+    wanted = {n for key in SETS for n in caps.get(key, [])}
+    have = set(held(pid))
+    limit = set(NAMES[:last_cap() + 1])  # those this kernel lacks are left out, not refused
+    return [n for n in NAMES if n in wanted - have and n in limit]
 
 
 def problems(caps: object) -> list[str]:

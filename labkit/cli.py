@@ -9,37 +9,44 @@ import subprocess
 import sys
 import tempfile
 
-from . import runtime, settings
+from . import capabilities, runtime, settings
 from .errors import LabkitError
 from .runtime.spec import Spec, default_spec
 
 
 # --- labkit -----------------------------------------------------------------------------
-def _bundle_for(target: str, cmd: list[str], hostname: str | None) -> tuple[str, bool]:
-    """A bundle dir for `target`: itself if it has config.json, else a temp one around a rootfs."""
-    target = os.path.abspath(target)
-    if os.path.exists(os.path.join(target, "config.json")):
-        if cmd or hostname:
-            spec = Spec.load(target)
-            if cmd:
-                spec.process.args = cmd
-            if hostname:
-                spec.hostname = hostname
-            bundle = tempfile.mkdtemp(prefix="labkit-bundle-")
-            spec.root.path = spec.rootfs_path(target)
-            spec.save(bundle)
-            return bundle, True
-        return target, False
-    if not os.path.isdir(target):
+def _bundle_for(args: argparse.Namespace) -> tuple[str, bool]:
+    """A bundle dir for `args.target`: itself if it has config.json and nothing is changed,
+    else a temp one (around the bundle's rootfs, or around a rootfs directory)."""
+    target = os.path.abspath(args.target)
+    is_bundle = os.path.exists(os.path.join(target, "config.json"))
+    if not is_bundle and not os.path.isdir(target):
         raise LabkitError(f"{target} is neither a bundle nor a root filesystem directory",
                           "pass a directory with config.json, or a rootfs (see labkit.rootfs.build_busybox_rootfs)")
+    changes = args.cmd or args.hostname or args.cap_add or args.cap_drop or args.privileged
+    if is_bundle and not changes:
+        return target, False
+    if is_bundle:
+        spec = Spec.load(target)
+        spec.root.path = spec.rootfs_path(target)
+    else:
+        spec = default_spec(["sh"], rootfs=target, hostname="labkit")
+    if args.cmd:
+        spec.process.args = args.cmd
+    if args.hostname:
+        spec.hostname = args.hostname
+    if args.cap_add or args.cap_drop or args.privileged:
+        held = (spec.process.capabilities or {}).get("bounding", [])
+        kept = capabilities.adjusted(held, ["ALL"] if args.privileged else args.cap_add, args.cap_drop)
+        spec.process.capabilities = capabilities.oci_sets(kept)
+    spec.validate()  # before the temp dir exists: nothing to clean up on a bad spec
     bundle = tempfile.mkdtemp(prefix="labkit-bundle-")
-    default_spec(cmd or ["sh"], rootfs=target, hostname=hostname or "labkit").save(bundle)
+    spec.save(bundle)
     return bundle, True
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    bundle, temporary = _bundle_for(args.target, args.cmd, args.hostname)
+    bundle, temporary = _bundle_for(args)
     container_id = args.name or "run-" + os.urandom(6).hex()  # as random as uuid4().hex[:12]
     try:
         try:
@@ -89,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--hostname")
     run.add_argument("--name", help="container id (default: random)")
     run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                     help="keep this capability too (e.g. NET_ADMIN; ALL for every one); repeatable")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                     help="drop this capability (ALL for every one; applied before --cap-add); repeatable")
+    run.add_argument("--privileged", action="store_true", help="every capability (not a device or seccomp change yet)")
     run.add_argument("cmd", nargs="*", help="-- CMD ARGS... (default: sh)")
     run.set_defaults(func=cmd_run)
     doc = sub.add_parser("doctor", help="check this machine's kernel features (or, with --leaks, leftovers)")

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import IO, Any
 
-from .. import cgroups
+from .. import capabilities, cgroups
 from ..errors import ContainerError, LabkitError
 from . import store as st
 from .spec import Spec
@@ -61,6 +61,11 @@ def create(container_id: str, bundle: str, stdin: Stream = subprocess.DEVNULL,
     """
     bundle = os.path.abspath(bundle)
     spec = Spec.load(bundle).validate(bundle)  # refuse bad specs before any kernel object
+    missing = capabilities.beyond(spec.process.capabilities if spec.process else None)
+    if missing:
+        raise ContainerError(f"process.capabilities asks for {', '.join(missing)}, which this process does not "
+                             "hold itself (its bounding set lacks it), so no container it makes can have it",
+                             "leave them out of config.json, or run labkit where root keeps every capability")
     directory = st.state_dir(container_id, root)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     try:

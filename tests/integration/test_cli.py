@@ -5,6 +5,8 @@ import subprocess
 
 import pytest
 
+from labkit import capabilities
+
 pytestmark = pytest.mark.vm
 
 
@@ -32,6 +34,18 @@ def test_labkit_run_missing_program_exits_127_like_docker(busybox_rootfs):
 def test_labkit_run_bad_target_says_what_to_do(tmp_path):
     r = run("labkit", "run", str(tmp_path / "nope"))
     assert r.returncode == 1 and "neither a bundle nor a root filesystem" in r.stderr and "hint:" in r.stderr
+
+
+def test_labkit_run_cap_add_and_drop_like_docker(busybox_rootfs):
+    script = "grep CapEff /proc/self/status; hostname changed && echo renamed"
+    plain = run("labkit", "run", busybox_rootfs, "--", "sh", "-c", script)
+    assert plain.stdout.startswith("CapEff:\t0000000020000420\n") and "renamed" not in plain.stdout  # runc's three
+    added = run("labkit", "run", busybox_rootfs, "--cap-add", "sys_admin", "--cap-drop", "KILL", "--", "sh", "-c", script)
+    assert added.stdout == "CapEff:\t0000000020200400\nrenamed\n", added
+    every = run("labkit", "run", busybox_rootfs, "--privileged", "--", "sh", "-c", script)
+    assert every.stdout.split("\n")[0] == f"CapEff:\t{capabilities.of_process()['bounding']:016x}"  # all root holds here
+    bad = run("labkit", "run", busybox_rootfs, "--cap-add", "FLY", "--", "true")
+    assert bad.returncode == 1 and "unknown capability 'FLY'" in bad.stderr and "hint:" in bad.stderr
 
 
 def test_doctor_reports_every_feature():

@@ -242,3 +242,19 @@ def test_caller_ignored_and_blocked_signals_do_not_leak_in(make_bundle, tmp_path
     done = subprocess.run([*wrap, "labkit-runc", "--root", str(tmp_path / "state"), "run", "--bundle", path, "sig"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "")
+
+
+def test_every_capability_is_given_or_refused_before_anything_is_made(make_bundle, run_root):
+    """Asking for every capability the kernel knows: granted where root holds them all; where this
+    machine's root lacks some (a reduced bounding set), refused up front, naming them."""
+    known = capabilities.NAMES[:capabilities.last_cap() + 1]
+    path = make_bundle(["grep", "CapEff", "/proc/self/status"],
+                       edit=lambda spec: setattr(spec.process, "capabilities", capabilities.oci_sets(known)))
+    lacking = [n for n in known if n not in capabilities.held()]
+    if not lacking:
+        assert runtime.run(path).stdout == f"CapEff:\t{capabilities.mask(known):016x}\n"
+        return
+    with pytest.raises(ContainerError) as info:
+        runtime.create("all-caps", path)
+    assert all(n in info.value.what for n in lacking) and "bounding set" in info.value.what
+    assert "all-caps" not in [state.id for state in runtime.list_containers()]

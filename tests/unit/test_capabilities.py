@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from labkit import capabilities
-from labkit.errors import SpecError
+from labkit.errors import LabkitError, SpecError
 from labkit.runtime.spec import default_spec
 
 
@@ -52,3 +52,22 @@ def test_default_spec_is_runc_spec():
                                     for s in ("bounding", "effective", "permitted", "ambient")}
     assert process.noNewPrivileges is True
     assert process.rlimits == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+
+
+def test_adjusted_is_docker_cap_add_and_cap_drop():
+    base = capabilities.DOCKER_DEFAULT
+    assert "CAP_NET_ADMIN" in capabilities.adjusted(base, add=["net_admin"])
+    assert "CAP_KILL" not in capabilities.adjusted(base, drop=["CAP_KILL"])
+    assert capabilities.adjusted(base, add=["KILL"], drop=["ALL"]) == ["CAP_KILL"]
+    assert capabilities.adjusted([], add=["ALL"], every=capabilities.NAMES) == list(capabilities.NAMES)
+    with pytest.raises(LabkitError, match="unknown capability 'FLY'"):
+        capabilities.adjusted(base, add=["FLY"])
+
+
+def test_beyond_names_what_the_creator_cannot_give(monkeypatch):
+    holds = capabilities.mask(capabilities.DOCKER_DEFAULT)
+    monkeypatch.setattr(capabilities, "of_process", lambda pid="self": {"bounding": holds})
+    monkeypatch.setattr(capabilities, "last_cap", lambda: 40)
+    assert capabilities.beyond(capabilities.oci_sets(capabilities.RUNC_DEFAULT)) == []
+    assert capabilities.beyond({"bounding": ["CAP_SYS_ADMIN", "CAP_KILL"], "ambient": ["CAP_BPF"]}) == ["CAP_SYS_ADMIN", "CAP_BPF"]
+    assert capabilities.adjusted([], add=["ALL"]) == [n for n in capabilities.NAMES if n in capabilities.DOCKER_DEFAULT]
