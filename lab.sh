@@ -14,6 +14,7 @@ VENV=${LAB_VENV:-$HERE/.venv}
 PY=${LAB_PYTHON:-/usr/bin/python3}
 APT_PACKAGES=(python3 python3-venv python3-dev gcc busybox-static runc crun iproute2 nftables
               util-linux kmod procps ca-certificates
+              libseccomp2  # labkit.seccomp compiles linux.seccomp with it, as runc and crun do
               docker-registry skopeo openssl)  # chapter 05 / labkit.registry: a loopback registry and a peer
 
 say() { printf '\033[1m[lab]\033[0m %s\n' "$*" >&2; }

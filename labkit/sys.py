@@ -212,3 +212,99 @@ def ambient_raise(cap: int) -> None:
 def set_no_new_privs() -> None:
     """execve can no longer grant privileges (setuid bits, file capabilities): one way."""
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+# --- libseccomp ---------------------------------------------------------------------
+# seccomp filters are BPF programs; libseccomp (what runc and crun link) resolves
+# syscall names per architecture and compiles the rules. Loaded on first use: the
+# container init loads it before pivot_root, as the container's rootfs lacks it.
+SCMP_FLTATR_CTL_NNP = 3  # libseccomp would set no_new_privs on load unless told not to
+SCMP_CMP = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4,
+            "SCMP_CMP_GE": 5, "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+_libseccomp: ctypes.CDLL | None = None
+
+
+class ScmpArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def libseccomp() -> ctypes.CDLL:
+    global _libseccomp
+    if _libseccomp is None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2")
+        except OSError:
+            raise SyscallError("dlopen libseccomp.so.2", 2, "apt-get install libseccomp2") from None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        for name in ("seccomp_load", "seccomp_release", "seccomp_export_bpf", "seccomp_export_pfc",
+                     "seccomp_arch_add", "seccomp_attr_set", "seccomp_rule_add_array"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]  # the first argument, the filter
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                               ctypes.c_uint, ctypes.POINTER(ScmpArgCmp)]
+        lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_export_pfc.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+        lib.seccomp_arch_native.restype = ctypes.c_uint32
+        _libseccomp = lib
+    return _libseccomp
+
+
+def _scmp_check(result: int, call: str, detail: str = "") -> int:
+    if result < 0:  # libseccomp returns -errno
+        raise SyscallError(call, -result, detail)
+    return result
+
+
+def seccomp_syscall_number(name: str) -> int | None:
+    """The native architecture's number for a syscall name; None if it has no such call."""
+    number = libseccomp().seccomp_syscall_resolve_name(name.encode())
+    return None if number < 0 else number
+
+
+def seccomp_arch(name: str) -> int | None:
+    """libseccomp's token for an architecture name ("x86_64", "aarch64", ...); None if unknown."""
+    return libseccomp().seccomp_arch_resolve_name(name.encode()) or None
+
+
+def seccomp_new(default_action: int) -> int:
+    """A new filter (a handle; free it with seccomp_release) that loads without no_new_privs."""
+    lib = libseccomp()
+    ctx = lib.seccomp_init(default_action)
+    if not ctx:
+        raise SyscallError("seccomp_init", 22, f"default action {default_action:#x}")
+    _scmp_check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "seccomp_attr_set", "CTL_NNP=0")
+    return ctx
+
+
+def seccomp_add_arch(ctx: int, arch: int) -> None:
+    result = libseccomp().seccomp_arch_add(ctx, arch)
+    if result != -17:  # EEXIST: the native one is always there
+        _scmp_check(result, "seccomp_arch_add", f"arch {arch:#x}")
+
+
+def seccomp_add_rule(ctx: int, action: int, syscall: int, args: list[tuple[int, str, int, int]]) -> None:
+    """A rule: `action` for `syscall` when every (index, op, value, value2) comparison holds."""
+    array = (ScmpArgCmp * max(1, len(args)))(*[ScmpArgCmp(i, SCMP_CMP[op], a, b) for i, op, a, b in args])
+    _scmp_check(libseccomp().seccomp_rule_add_array(ctx, action, syscall, len(args), array),
+                "seccomp_rule_add", f"syscall {syscall}, action {action:#x}")
+
+
+def seccomp_load(ctx: int) -> None:
+    """Install the filter on this thread (needs CAP_SYS_ADMIN, or no_new_privs set first)."""
+    _scmp_check(libseccomp().seccomp_load(ctx), "seccomp_load")
+
+
+def seccomp_export(ctx: int, fd: int, bpf: bool = False) -> None:
+    """Write the filter to `fd`: as raw BPF, or as libseccomp's readable pseudo-code."""
+    lib = libseccomp()
+    _scmp_check((lib.seccomp_export_bpf if bpf else lib.seccomp_export_pfc)(ctx, fd), "seccomp_export")
+
+
+def seccomp_release(ctx: int) -> None:
+    libseccomp().seccomp_release(ctx)

@@ -239,12 +239,11 @@ def delete(container_id: str, force: bool = False, root: str | None = None) -> N
                                  "stop it first (kill ... KILL) or delete with force")
         os.kill(current.pid, _signal.SIGKILL)
         if current.status == "paused":  # on cgroup v1 a frozen task dies only once thawed
-            group = cgroup(container_id, root)
             try:
-                group.thaw()
-            except (cgroups.CgroupError, OSError):  # on v2 it died at once: the shim may have
-                if any(os.path.isdir(d) for d in group.dirs.values()):  # removed the group already
-                    raise
+                cgroup(container_id, root).thaw()
+            except (cgroups.CgroupError, OSError):
+                pass  # it died (at once on v2, or as the thaw began) and its shim is removing the
+                # group under our feet; were it still frozen, the wait below would say so
     wait(container_id, timeout=10, root=root)
     if current.cgroup:  # normally the shim removed it; not if the shim itself was killed
         group = cgroups.Cgroup(**current.cgroup)

@@ -10,8 +10,8 @@ Three processes, the same split runc's nsexec uses:
            |                   children), reports its child's pid, exits.
            +- container init  PID 1 of the new PID namespace: mounts,
                                pivot_root, hostname, cwd, rlimits, bounding
-                               set, user, capabilities; waits on exec.fifo
-                               for `start`; then execs process.args.
+                               set, user, capabilities, seccomp; waits on
+                               exec.fifo for `start`; then execs process.args.
 
 The shim and stages talk over a socketpair in JSON lines; the caller of
 `create` hears back on --ready-fd once the container is created or failed.
@@ -30,7 +30,7 @@ import stat
 import sys
 from typing import Any
 
-from .. import capabilities, cgroups, namespaces, rootfs
+from .. import capabilities, cgroups, namespaces, rootfs, seccomp
 from .. import sys as lsys
 from ..errors import LabkitError
 from . import store as st
@@ -121,6 +121,8 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
             os.setresgid(0, 0, 0)  # act as the mapped root, not as the overflow id
             os.setresuid(0, 0, 0)
         last_cap = capabilities.last_cap()  # from /proc, which the container may not have
+        # Built now, loaded just before exec: libseccomp is a host library, not in the rootfs.
+        syscall_filter = seccomp.compile(linux.seccomp) if linux and linux.seccomp else None
         setup_rootfs(spec, bundle)
         if spec.hostname:
             lsys.sethostname(spec.hostname)
@@ -135,6 +137,8 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         set_rlimits(process.rlimits or [])  # while still root: raising a hard limit needs it
         if process.noNewPrivileges:
             lsys.set_no_new_privs()
+        elif syscall_filter is not None:  # without no_new_privs, loading needs CAP_SYS_ADMIN: now
+            seccomp.load(syscall_filter)
         caps = process.capabilities or {}  # none listed: none kept, as runc
         capabilities.drop_bounding(caps.get("bounding", []), last_cap)
         lsys.set_keepcaps(True)  # or leaving uid 0 would empty the permitted set
@@ -142,10 +146,13 @@ def container_init(spec: Spec, bundle: str, fifo_fd: int, chan: Channel) -> None
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
         lsys.set_keepcaps(False)
+        lsys.set_pdeathsig(signal.SIGKILL)  # a change of effective uid/gid clears it
         capabilities.apply_sets(caps, last_cap)
         os.umask(user.umask if user.umask is not None else 0o022)  # runc's default, not the caller's
         program = look_path(process.args[0], env)  # as the user: a bad program fails `create`
         reset_signals()
+        if syscall_filter is not None and process.noNewPrivileges:
+            seccomp.load(syscall_filter)  # as close to exec as it can be: few calls left to allow
         chan.send("created")
         os.read(fifo_fd, 1)  # blocks until `start`
         chan.sock.close()

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, ClassVar
 
-from .. import capabilities
+from .. import capabilities, seccomp
 from ..errors import SpecError
 from ..namespaces import TYPES as NAMESPACE_TYPES
 
@@ -119,6 +119,7 @@ class Linux(_Model):
     gidMappings: list[IDMapping] | None = None
     cgroupsPath: str | None = None
     resources: dict[str, Any] | None = None  # OCI linux.resources, applied by labkit.cgroups
+    seccomp: dict[str, Any] | None = None  # OCI linux.seccomp, compiled by labkit.seccomp
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def wants_cgroup(self) -> bool:
@@ -216,6 +217,7 @@ class Spec(_Model):
         user = linux.namespace("user")
         if user is not None and user.path is None and not (linux.uidMappings and linux.gidMappings):
             yield "a new user namespace needs linux.uidMappings and linux.gidMappings"
+        yield from seccomp.problems(linux.seccomp)
         if (linux.uidMappings or linux.gidMappings) and user is None:
             yield "uid/gid mappings need a user namespace in linux.namespaces"
 

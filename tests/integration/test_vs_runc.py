@@ -37,7 +37,7 @@ import uuid
 
 import pytest
 
-from labkit import capabilities, rootfs
+from labkit import capabilities, rootfs, seccomp
 from labkit.runtime import default_spec
 from labkit.runtime.spec import IDMapping, Mount, Namespace
 
@@ -448,3 +448,42 @@ def test_dropped_capabilities_are_enforced_like_runc(runc, labkit_root, bundle):
     out = run_both(runc, labkit_root, bundle(sh(script), lambda s: s.mounts.append(
         Mount("/tmp", "tmpfs", "tmpfs", ["nosuid", "nodev"]))))
     assert out["labkit"][1] == out["runc"][1] == "chown=1\nhostname=1\n", out
+
+
+# --- seccomp ---------------------------------------------------------------------------------------
+PODMAN_PROFILE = "/usr/share/containers/seccomp.json"  # containers-common, which skopeo brings
+
+
+def _profile(profile, no_new_privs=True):
+    def edit(spec):
+        spec.linux.seccomp = profile
+        spec.process.noNewPrivileges = no_new_privs
+    return edit
+
+
+SYSCALL_PROBES = ("mkdir /dev/shm/d; echo mkdir=$?; kill -0 $$; echo kill0=$?; kill -CONT $$; echo kill18=$?; "
+                  "chroot / true; echo chroot=$?; grep Seccomp: /proc/self/status")
+_MKDIR_EACCES = {"defaultAction": "SCMP_ACT_ALLOW",
+                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+_SIGNAL_0_OR_18 = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+                   "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO",  # one argument compared twice: OR
+                                 "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"},
+                                          {"index": 1, "value": 18, "op": "SCMP_CMP_EQ"}]},
+                                {"names": ["no_such_call", "chroot"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}
+
+
+@pytest.mark.parametrize("profile,nnp", [(_MKDIR_EACCES, True), (_MKDIR_EACCES, False), (_SIGNAL_0_OR_18, True)],
+                         ids=["errno-13", "errno-13-without-no-new-privs", "args-and-unknown-names"])
+def test_same_seccomp_filtering(runc, labkit_root, bundle, profile, nnp):
+    out = run_both(runc, labkit_root, bundle(sh(SYSCALL_PROBES), _profile(profile, nnp)))
+    assert out["labkit"] == out["runc"] and "Seccomp:\t2" in out["runc"][1], out
+
+
+@pytest.mark.skipif(not os.path.exists(PODMAN_PROFILE), reason=f"no {PODMAN_PROFILE} (apt-get install skopeo)")
+def test_podmans_default_profile_filters_the_same(runc, labkit_root, bundle):
+    """podman's default profile, turned into linux.seccomp as podman does for runc's default caps."""
+    with open(PODMAN_PROFILE) as f:
+        oci = seccomp.from_docker_profile(json.load(f), capabilities.RUNC_DEFAULT)
+    script = SYSCALL_PROBES + "; unshare -m true; echo unshare=$?"
+    out = run_both(runc, labkit_root, bundle(sh(script), _profile(oci)))
+    assert out["labkit"] == out["runc"] and "chroot=1" in out["runc"][1], out  # chroot: only with CAP_SYS_CHROOT
