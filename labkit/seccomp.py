@@ -17,7 +17,6 @@ dockerd and podman do for each container.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -138,6 +137,8 @@ def release(ctx: int) -> None:
 
 def pseudo_code(profile: Mapping[str, Any]) -> str:
     """The filter libseccomp builds for `profile`, as readable pseudo-code (not loaded)."""
+    import tempfile  # only here: the container init imports this module too
+
     ctx = compile(profile)
     try:
         with tempfile.TemporaryFile("w+") as f:
