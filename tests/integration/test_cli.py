@@ -1,6 +1,7 @@
 """The command lines as a user types them."""
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -33,7 +34,7 @@ def test_labkit_run_missing_program_exits_127_like_docker(busybox_rootfs):
 
 def test_labkit_run_bad_target_says_what_to_do(tmp_path):
     r = run("labkit", "run", str(tmp_path / "nope"))
-    assert r.returncode == 1 and "neither a bundle nor a root filesystem" in r.stderr and "hint:" in r.stderr
+    assert r.returncode == 1 and "neither a bundle, a root filesystem directory nor an image" in r.stderr and "hint:" in r.stderr
 
 
 def test_labkit_run_cap_add_and_drop_like_docker(busybox_rootfs):
@@ -116,3 +117,35 @@ def test_reset_removes_a_leaked_container_and_its_shim(make_bundle, run_root):
             pass
     assert not any(leak.name.endswith("/forgotten") for leak in doctor.leaks())
     assert not os.path.exists(os.path.join(run_root, "runtime", "forgotten"))
+
+
+@pytest.mark.skipif(not shutil.which("docker-registry"), reason="needs docker-registry (apt-get install docker-registry)")
+def test_images_build_push_pull_and_run_like_docker(tmp_path, monkeypatch):
+    """build -> push to a loopback registry -> pull into another store -> images -> run, all by CLI."""
+    from labkit.images.base import busybox_image
+    from labkit.images.store import Store
+    from labkit.registry import LocalRegistry
+
+    first, second = tmp_path / "labkit-data-a", tmp_path / "labkit-data-b"
+    busybox_image(Store(str(first / "images")), tag="busybox")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Containerfile").write_text('FROM busybox\nRUN echo built > /greeting\nCMD ["cat", "/greeting"]\n')
+    with LocalRegistry() as registry:
+        ref = registry.reference("demo/greeting:1")
+        monkeypatch.setenv("LABKIT_DATA_ROOT", str(first))
+        assert run("labkit", "build", str(context), "-t", "greeting").returncode == 0
+        pushed = run("labkit", "push", "greeting", ref)
+        assert pushed.returncode == 0, pushed.stderr
+        monkeypatch.setenv("LABKIT_DATA_ROOT", str(second))
+        pulled = run("labkit", "pull", ref)
+        assert pulled.returncode == 0, pulled.stderr
+    listed = run("labkit", "images")
+    assert listed.stdout.split("\n")[1].split()[0] == ref
+    ran = run("labkit", "run", ref)
+    assert (ran.returncode, ran.stdout) == (0, "built\n"), ran
+    as_root = run("labkit", "run", ref, "--", "grep", "CapEff", "/proc/self/status")
+    assert as_root.stdout == "CapEff:\t00000000a80425fb\n"  # Docker's 14 capabilities
+    missing = run("labkit", "run", "127.0.0.1:1/not/pulled:1")
+    assert missing.returncode == 1 and "labkit images" in missing.stderr
+    assert not list(tmp_path.glob("labkit-bundle-*")) and not [p for p in os.listdir("/tmp") if p.startswith("labkit-bundle-")]
