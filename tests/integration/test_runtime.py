@@ -258,3 +258,24 @@ def test_every_capability_is_given_or_refused_before_anything_is_made(make_bundl
         runtime.create("all-caps", path)
     assert all(n in info.value.what for n in lacking) and "bounding set" in info.value.what
     assert "all-caps" not in [state.id for state in runtime.list_containers()]
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_the_container_dies_with_its_shim_whatever_its_user(make_bundle, uid):
+    """PID 1 has PR_SET_PDEATHSIG; the kernel clears that when the effective uid changes, so the
+    init sets it again after switching to process.user (else a uid-1000 container would outlive
+    a killed monitor, with no one left to record its exit or remove its cgroup)."""
+    def as_user(spec):
+        spec.process.user.uid = spec.process.user.gid = uid
+    path = make_bundle(["sleep", "60"], edit=as_user)
+    runtime.create("orphan", path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runtime.start("orphan")
+        state = runtime.state("orphan")
+        os.kill(state.shim_pid, 9)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{state.pid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(f"/proc/{state.pid}")
+    finally:
+        runtime.delete("orphan", force=True)
