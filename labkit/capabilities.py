@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from . import procfs
 from . import sys as lsys
 from .errors import LabkitError
 
@@ -48,10 +49,7 @@ DOCKER_DEFAULT = (
 def oci_sets(names: Iterable[str], ambient: bool = False) -> dict[str, list[str]]:
     """process.capabilities giving `names` in bounding, effective and permitted (and ambient)."""
     keep = list(names)
-    sets = {"bounding": keep, "effective": keep, "permitted": keep}
-    if ambient:
-        sets["ambient"] = keep
-    return {k: list(v) for k, v in sets.items()}
+    return {k: list(keep) for k in ("bounding", "effective", "permitted", *(["ambient"] if ambient else []))}
 
 
 def canonical(name: str) -> str:
@@ -129,13 +127,8 @@ def of_process(pid: int | str = "self") -> dict[str, int]:
     """A process's five sets as masks, from the CapInh/CapPrm/CapEff/CapBnd/CapAmb lines."""
     keys = {"CapInh": "inheritable", "CapPrm": "permitted", "CapEff": "effective",
             "CapBnd": "bounding", "CapAmb": "ambient"}
-    found = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in keys:
-                found[keys[key]] = int(value, 16)
-    return found
+    fields = procfs.status_fields(pid)
+    return {name: int(fields[key], 16) for key, name in keys.items() if key in fields}
 
 
 def last_cap() -> int:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from . import namespaces, settings
+from . import namespaces, procfs, settings
 from .runtime import store
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -102,7 +102,7 @@ def preflight() -> Report:
     layout = "v2 (unified)" if version == 2 else ("v1 hybrid" if os.path.exists(f"{CGROUP_ROOT}/unified") else "v1")
     checks.append(Check("cgroups", bool(controllers), f"{layout}; controllers: {' '.join(controllers) or 'none'}",
                         "mount cgroup2 on /sys/fs/cgroup or enable controllers"))
-    seccomp = _status_field("Seccomp") is not None
+    seccomp = "Seccomp" in procfs.status_fields()
     checks.append(Check("seccomp", seccomp, "supported" if seccomp else "not in this kernel",
                         "use a kernel built with CONFIG_SECCOMP_FILTER"))
     busybox = shutil.which("busybox")
@@ -112,14 +112,6 @@ def preflight() -> Report:
         checks.append(Check(f"peer {peer}", bool(path), path or "missing (only used for comparisons)",
                             f"apt-get install {peer}"))
     return Report(checks)
-
-
-def _status_field(name: str) -> str | None:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return line.split(":", 1)[1].strip()
-    return None
 
 
 # --- leaks ------------------------------------------------------------------------------

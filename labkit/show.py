@@ -2,11 +2,11 @@
 exactly what the wrapper it just used does."""
 from __future__ import annotations
 
+import inspect
+
 
 def show(obj) -> object:
     """Syntax-highlighted source in a notebook; plain text elsewhere."""
-    import inspect  # here, not at the top: `import labkit` is on every container start's path
-
     source = inspect.getsource(obj)
     try:
         from IPython.display import Code

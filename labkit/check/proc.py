@@ -13,6 +13,7 @@ import time
 
 from .. import runtime
 from ..errors import ContainerError
+from ..procfs import status_fields
 from ..runtime.store import State
 from . import Verdict, failed
 
@@ -48,15 +49,6 @@ def lifecycle_verdict(container_id: object, status: str | None, exit_code: int |
                       f"its PID 1 must keep running for the check to look at it: run something "
                       f"long-lived, {keeps_running}")
     return None
-
-
-def status_fields(pid: int) -> dict[str, str]:
-    """/proc/PID/status as a dict (empty if the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    except OSError:
-        return {}
 
 
 def ns_pids(pid: int) -> list[int]:

@@ -1,6 +1,7 @@
 """The runtime on the real kernel: isolation, lifecycle, exit codes, errors."""
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -234,11 +235,16 @@ def test_join_another_containers_namespaces_by_path(make_bundle):
 
 
 def test_caller_ignored_and_blocked_signals_do_not_leak_in(make_bundle, tmp_path):
-    """A caller started in the background by a shell ignores SIGINT and SIGQUIT; exec would
-    pass that on. The container starts with every signal at its default and none blocked.
-    (runc, for comparison, leaves some ignored, depending on the Go runtime's own handling.)"""
+    """A caller started in the background by a shell ignores SIGINT and SIGQUIT, and a caller
+    may block signals; exec passes both on. The container starts with every signal at its
+    default and none blocked. (runc, for comparison, leaves some ignored, depending on the Go
+    runtime's own handling.)"""
     path = make_bundle(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
-    wrap = ["sh", "-c", 'trap "" INT QUIT HUP USR1 PIPE; exec "$@"', "sh"]
+    wrap = [sys.executable, "-c", "import os, signal, sys\n"  # ignore five, block two, then exec
+            "for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):\n"
+            "    signal.signal(s, signal.SIG_IGN)\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGTERM})\n"
+            "os.execvp(sys.argv[1], sys.argv[1:])"]
     done = subprocess.run([*wrap, "labkit-runc", "--root", str(tmp_path / "state"), "run", "--bundle", path, "sig"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "")
