@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
-from . import capabilities, runtime, settings
+from . import capabilities
 from .errors import LabkitError
 from .runtime.spec import Spec, default_spec
 
@@ -110,23 +108,21 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Foreground, as `runc run`: this process creates the container (in-process, no monitor
+    to start), is its reaper, forwards signals to it, and returns its exit code."""
+    from .runtime import init
+
     bundle, temporary = _bundle_for(args)
     container_id = args.name or "run-" + os.urandom(6).hex()  # as random as uuid4().hex[:12]
+    if not args.interactive:  # the container inherits our stdin: give it nothing to read
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     try:
-        try:
-            shim = runtime.create(container_id, bundle, stdin=None if args.interactive else subprocess.DEVNULL)
-        except runtime.ExecError as err:  # like `docker run`: 127 not found, 126 not executable
-            print(f"labkit: {err}", file=sys.stderr)
-            return err.exit_code
-        try:
-            runtime.start(container_id)
-            shim.wait()
-        except KeyboardInterrupt:
-            runtime.delete(container_id, force=True)
-            return 130
-        code = runtime.wait(container_id)
-        runtime.delete(container_id)
-        return code
+        return init.run_attached(container_id, bundle)
+    except init.ExecError as err:  # like `docker run`: 127 not found, 126 not executable
+        print(f"labkit: {err}", file=sys.stderr)
+        return err.exit_code
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -205,91 +201,11 @@ def _guarded(func, args) -> int:
         return 1
 
 
-# --- labkit-runc: the OCI runtime command line (runtime.md "Operations") -----------------------
+# --- labkit-runc: the OCI runtime command line lives in labkit.runc_cli -------------------------
 def runc_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="labkit-runc", description="OCI runtime CLI (runc-compatible subset)")
-    parser.add_argument("--root", help="state directory (default: $LABKIT_RUN_ROOT/runtime)")
-    parser.add_argument("--log")
-    parser.add_argument("--log-format")
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--systemd-cgroup", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    spec = sub.add_parser("spec", help="write a default config.json")
-    spec.add_argument("-b", "--bundle", default=".")
-    for name in ("create", "run"):
-        p = sub.add_parser(name)
-        p.add_argument("-b", "--bundle", default=".")
-        p.add_argument("--pid-file")
-        p.add_argument("--console-socket")
-        p.add_argument("--no-pivot", action="store_true")
-        p.add_argument("--no-new-keyring", action="store_true")
-        p.add_argument("-d", "--detach", action="store_true")
-        p.add_argument("id")
-    for name in ("start", "state"):
-        sub.add_parser(name).add_argument("id")
-    kill = sub.add_parser("kill")
-    kill.add_argument("-a", "--all", action="store_true")
-    kill.add_argument("id")
-    kill.add_argument("signal", nargs="?", default="TERM")
-    delete = sub.add_parser("delete")
-    delete.add_argument("-f", "--force", action="store_true")
-    delete.add_argument("id")
-    listing = sub.add_parser("list")
-    listing.add_argument("-f", "--format", default="table")
-    listing.add_argument("-q", "--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    return _guarded(_runc, args)
+    from .runc_cli import main as runc
 
-
-def _write_pid_file(path: str | None, pid: int) -> None:
-    if path:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(pid))
-        os.replace(tmp, path)
-
-
-def _runc(args: argparse.Namespace) -> int:
-    root = args.root
-    if args.command == "spec":
-        path = os.path.join(args.bundle, "config.json")
-        if os.path.exists(path):
-            raise LabkitError(f"{path} already exists", "remove it first")
-        default_spec().save(args.bundle)
-        return 0
-    if args.command == "create":
-        runtime.create(args.id, args.bundle, stdin=None, root=root)
-        _write_pid_file(args.pid_file, runtime.state(args.id, root).pid)
-        return 0
-    if args.command == "run":
-        shim = runtime.create(args.id, args.bundle, stdin=None, root=root)
-        _write_pid_file(args.pid_file, runtime.state(args.id, root).pid)
-        runtime.start(args.id, root)
-        if args.detach:
-            return 0
-        shim.wait()
-        code = runtime.wait(args.id, root=root)
-        runtime.delete(args.id, root=root)
-        return code
-    if args.command == "start":
-        runtime.start(args.id, root)
-    elif args.command == "state":
-        print(json.dumps(runtime.state(args.id, root).oci(), indent=2))
-    elif args.command == "kill":
-        runtime.kill(args.id, args.signal, root)
-    elif args.command == "delete":
-        runtime.delete(args.id, force=args.force, root=root)
-    elif args.command == "list":
-        states = runtime.list_containers(root)
-        if args.quiet:
-            print("\n".join(s.id for s in states))
-        elif args.format == "json":
-            print(json.dumps([s.oci() for s in states]))
-        else:
-            print(f"{'ID':<20} {'PID':<8} {'STATUS':<10} BUNDLE")
-            for s in states:
-                print(f"{s.id:<20} {s.pid:<8} {s.status:<10} {s.bundle}")
-    return 0
+    return runc(argv)
 
 
 if __name__ == "__main__":

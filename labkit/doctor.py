@@ -174,7 +174,7 @@ def _run_roots() -> list[str]:
     return sorted(r for r in roots if os.path.isdir(r))
 
 
-def _shim_pids() -> list[int]:
+def _monitor_pids() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -184,7 +184,7 @@ def _shim_pids() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"labkit.runtime.init" in cmdline:
+        if b"labkit.monitor" in cmdline:
             pids.append(int(entry))
     return pids
 
@@ -220,7 +220,7 @@ def leaks() -> list[Leak]:
     found += [Leak("nft", t) for t in _nft_tables()]
     for root in _run_roots():
         found += [Leak("container", os.path.join(root, i)) for i in store.list_ids(root)]
-    found += [Leak("process", f"shim pid {p}", pid=p) for p in _shim_pids()]
+    found += [Leak("process", f"monitor pid {p}", pid=p) for p in _monitor_pids()]
     found += [Leak("process", f"registry pid {p} ({config})", pid=p, path=os.path.dirname(config))
               for p, config in _registry_processes()]
     return found
@@ -264,26 +264,32 @@ def remove(leak: Leak) -> list[str]:
 
 
 def _remove_container(directory: str) -> list[str]:
-    """Kill the shim first (so it cannot write into the state dir any more), then the container."""
+    """Kill the monitor first (so it cannot write into the state dir any more), then the container,
+    then its cgroup."""
     done = []
     saved = store.read_json(os.path.join(directory, "state.json")) or {}
     name = os.path.basename(directory)
-    victims = [p for p in (saved.get("shim_pid"), saved.get("pid")) if p and _is_ours(p, saved)]
+    victims = [p for p in (saved.get("monitor_pid"), saved.get("pid")) if p and _is_ours(p, saved)]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-        done.append(f"killed {'shim of' if pid == saved.get('shim_pid') else 'container'} {name} (pid {pid})")
+        done.append(f"killed {'monitor of' if pid == saved.get('monitor_pid') else 'container'} {name} (pid {pid})")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(store.proc_start_time(p) is not None for p in victims):
         time.sleep(0.01)
+    group = saved.get("cgroup")
+    if group and group.get("dirs"):  # the runtime's delete would remove it: nobody called it
+        for path in sorted(set(group["dirs"].values()), key=len, reverse=True):
+            if os.path.isdir(path):
+                done += _remove_cgroup_tree(path)
     shutil.rmtree(directory, ignore_errors=True)
     return done + [f"removed state of {name}"]
 
 
 def _is_ours(pid: int, saved: dict) -> bool:
-    """The container's pid is checked by start time, the shim's by its command line."""
+    """Each pid is checked by its start time (a pid may have been reused since)."""
     if pid == saved.get("pid"):
         return store.proc_start_time(pid) == saved.get("start_time")
-    return pid in _shim_pids()
+    return store.proc_start_time(pid) == saved.get("monitor_start")
 
 
 def _thaw_tree(top: str) -> None:

@@ -16,12 +16,13 @@ dockerd and podman do for each container.
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import sys as lsys
-from .errors import LabkitError
+from .errors import LabkitError, SyscallError
 
 ERRNO_DEFAULT = 1  # EPERM: what SCMP_ACT_ERRNO returns when no errnoRet is given (OCI, runc)
 ACTIONS = {  # libseccomp's values; ERRNO and TRACE carry a 16-bit number in the low bits
@@ -96,8 +97,11 @@ def _conditions(rule: Mapping[str, Any]) -> list[list[tuple[int, str, int, int]]
 
 
 def compile(profile: Mapping[str, Any]) -> int:
-    """A filter handle for an OCI linux.seccomp object (free it with release). Names this
-    architecture does not have are left out, as runc does."""
+    """A filter handle for an OCI linux.seccomp object (free it with release). As runc does:
+    names libseccomp does not know are left out, and names only some of the filter's
+    architectures have (mmap2, socketcall: x86) are added for those; rules are added in order,
+    each to every architecture, so a rule that conflicts with an earlier one on any of them
+    fails (EEXIST), while one an earlier unconditional rule covers is dropped by libseccomp."""
     found = problems(profile)
     if found:
         raise SeccompError("invalid seccomp profile: " + "; ".join(found),
@@ -111,20 +115,32 @@ def compile(profile: Mapping[str, Any]) -> int:
                 raise SeccompError(f"linux.seccomp.architectures: libseccomp does not know {arch}",
                                    "use names like SCMP_ARCH_X86_64, SCMP_ARCH_AARCH64")
             lsys.seccomp_add_arch(ctx, token)
-        for rule in profile.get("syscalls") or []:
+        for index, rule in enumerate(profile.get("syscalls") or []):
             value = action(rule["action"], rule.get("errnoRet"))
             if value == default:
                 continue  # libseccomp refuses a rule that repeats the default; runc skips it too
             for name in rule["names"]:
-                number = lsys.seccomp_syscall_number(name)
-                if number is None:
-                    continue
-                for conditions in _conditions(rule):
-                    lsys.seccomp_add_rule(ctx, value, number, conditions)
+                _add_rule(ctx, index, rule, name, value)
     except BaseException:
         lsys.seccomp_release(ctx)
         raise
     return ctx
+
+
+def _add_rule(ctx: int, index: int, rule: Mapping[str, Any], name: str, value: int) -> None:
+    number = lsys.seccomp_syscall_number(name)
+    if number is None:
+        return  # unknown to libseccomp: runc only logs it at debug level
+    for conditions in _conditions(rule):
+        try:
+            lsys.seccomp_add_rule(ctx, value, number, conditions)
+        except SyscallError as err:
+            if err.errno != errno.EEXIST:
+                raise
+            raise SeccompError(
+                f"linux.seccomp.syscalls[{index}] ({name}, {rule['action']}) conflicts with an earlier "
+                f"rule for {name} on one of the architectures: libseccomp says EEXIST", "rules for one "
+                "call that can match the same arguments need the same action; runc refuses this too") from None
 
 
 def load(ctx: int) -> None:

@@ -20,14 +20,14 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "capget": 125, "capset": 126, "pivot_root": 155, "prctl": 157,
         "chroot": 161, "mount": 165, "umount2": 166, "sethostname": 170,
         "unshare": 272, "setns": 308, "seccomp": 317, "pidfd_open": 434,
-        "clone3": 435,
+        "clone3": 435, "close_range": 436, "keyctl": 250, "bpf": 321,
     },
     "aarch64": {
         "getpid": 172, "clone": 220, "kill": 129, "setresuid": 147, "setresgid": 149,
         "capget": 90, "capset": 91, "pivot_root": 41, "prctl": 167,
         "chroot": 51, "mount": 40, "umount2": 39, "sethostname": 161,
         "unshare": 97, "setns": 268, "seccomp": 277, "pidfd_open": 434,
-        "clone3": 435,
+        "clone3": 435, "close_range": 436, "keyctl": 219, "bpf": 280,
     },
 }
 # seccomp filters must check the audit arch before trusting a syscall number.
@@ -68,6 +68,7 @@ MS_NOATIME = 0x400
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
+MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
@@ -171,6 +172,131 @@ def set_child_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+CLOSE_RANGE_CLOEXEC = 4
+
+
+def close_range_cloexec(first: int) -> None:
+    """close_range(first, ~0, CLOSE_RANGE_CLOEXEC): every fd from `first` on is closed at exec
+    (Linux >= 5.11; one call, however high the fd limit)."""
+    result = _libc.syscall(ctypes.c_long(syscall_number("close_range")), ctypes.c_uint(first),
+                           ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+    _check(result, "close_range", f"from fd {first}")
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str | None) -> None:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING): a new session keyring (anonymous if name is None),
+    so a container cannot read the keys of the session it was started from. ENOSYS (no keyring
+    support, or a seccomp filter that hides it) is ignored, as runc ignores it."""
+    result = _libc.syscall(ctypes.c_long(syscall_number("keyctl")), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                           _b(name))
+    if result < 0 and ctypes.get_errno() != 38:  # ENOSYS
+        raise SyscallError("keyctl", ctypes.get_errno(), "KEYCTL_JOIN_SESSION_KEYRING")
+
+
+# --- bpf(2): the cgroup v2 device filter --------------------------------------------
+# cgroup v2 has no devices.allow file: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to
+# the group's directory decides each open/mknod. glibc has no bpf() wrapper.
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6  # the attach type
+BPF_F_ALLOW_MULTI = 2  # as runc: programs of parent groups keep running too
+_BPF_LOG_SIZE = 1 << 16
+
+
+class _BpfProgLoad(ctypes.Structure):  # union bpf_attr, the BPF_PROG_LOAD member (up to expected_attach_type)
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_uint64),
+                ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32)]
+
+
+class _BpfProgAttach(ctypes.Structure):  # BPF_PROG_ATTACH / BPF_PROG_DETACH
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("replace_bpf_fd", ctypes.c_uint32)]
+
+
+class _BpfProgQuery(ctypes.Structure):  # BPF_PROG_QUERY (the fields every kernel >= 4.15 knows)
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+
+
+class _BpfGetFdById(ctypes.Structure):
+    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(cmd, &attr, sizeof attr): -1 with errno set on failure (callers check)."""
+    return _libc.syscall(ctypes.c_long(syscall_number("bpf")), ctypes.c_int(cmd),
+                         ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+
+
+def bpf_prog_load(prog_type: int, code: bytes, license: str, name: str = "") -> int:
+    """BPF_PROG_LOAD: the verifier checks `code` (8-byte instructions); returns the program's fd.
+
+    On failure it loads again with the verifier's log on, so the error says why."""
+    insns = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license.encode())
+    attr = _BpfProgLoad(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
+                        license=ctypes.addressof(lic), prog_name=name.encode()[:15])
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    log = ctypes.create_string_buffer(_BPF_LOG_SIZE)
+    attr.log_level, attr.log_size, attr.log_buf = 1, _BPF_LOG_SIZE, ctypes.addressof(log)
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:  # it loaded the second time (e.g. a transient EAGAIN): keep it
+        return fd
+    verifier = log.value.decode(errors="replace").strip().splitlines()[-3:]
+    detail = f"type {prog_type}, {len(code) // 8} instructions" + (f"; verifier: {' / '.join(verifier)}" if verifier else "")
+    raise SyscallError("bpf(BPF_PROG_LOAD)", err, detail,
+                       hint="needs root (CAP_SYS_ADMIN or CAP_BPF) and a kernel with CONFIG_CGROUP_BPF; "
+                            "EPERM on kernels before 5.11 can be the memlock rlimit (ulimit -l)")
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """BPF_PROG_ATTACH: run program `prog_fd` for events of `attach_type` in the cgroup `target_fd`."""
+    attr = _BpfProgAttach(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type, attach_flags=flags)
+    _check(_bpf(BPF_PROG_ATTACH, attr), "bpf(BPF_PROG_ATTACH)", f"attach type {attach_type}, flags {flags:#x}")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    """BPF_PROG_DETACH: remove one attached program (named by an fd of it) from the cgroup."""
+    attr = _BpfProgAttach(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type)
+    _check(_bpf(BPF_PROG_DETACH, attr), "bpf(BPF_PROG_DETACH)", f"attach type {attach_type}")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int) -> list[int]:
+    """BPF_PROG_QUERY: the ids of the programs attached to the cgroup `target_fd` itself."""
+    size = 64  # the kernel's limit of programs per cgroup and attach type
+    while True:
+        ids = (ctypes.c_uint32 * size)()
+        attr = _BpfProgQuery(target_fd=target_fd, attach_type=attach_type,
+                             prog_ids=ctypes.addressof(ids), prog_cnt=size)
+        if _bpf(BPF_PROG_QUERY, attr) >= 0:
+            return list(ids[:attr.prog_cnt])
+        if ctypes.get_errno() != 28 or attr.prog_cnt <= size:  # ENOSPC: prog_cnt says how many there are
+            _check(-1, "bpf(BPF_PROG_QUERY)", f"attach type {attach_type}")
+        size = attr.prog_cnt
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    """BPF_PROG_GET_FD_BY_ID: an fd for a loaded program; ENOENT once the kernel freed it."""
+    return _check(_bpf(BPF_PROG_GET_FD_BY_ID, _BpfGetFdById(prog_id=prog_id)), "bpf(BPF_PROG_GET_FD_BY_ID)",
+                  f"id {prog_id}")
+
+
 # --- capabilities ----------------------------------------------------------------
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -262,9 +388,11 @@ def _scmp_check(result: int, call: str, detail: str = "") -> int:
 
 
 def seccomp_syscall_number(name: str) -> int | None:
-    """The native architecture's number for a syscall name; None if it has no such call."""
+    """libseccomp's number for a syscall name: the native one, or a negative pseudo number for
+    a call only other architectures have (mmap2, socketcall on x86), which libseccomp maps per
+    architecture of the filter; None if libseccomp does not know the name (-1, __NR_SCMP_ERROR)."""
     number = libseccomp().seccomp_syscall_resolve_name(name.encode())
-    return None if number < 0 else number
+    return None if number == -1 else number
 
 
 def seccomp_arch(name: str) -> int | None:

@@ -204,7 +204,7 @@ def bomb_proof(edit: Callable[[Spec], object], rootfs: str | None = None, watch:
             used = (group.cpu_stats()["usage_usec"] - start) / 1e6 / (time.monotonic() - t0)
     except LabkitError as err:
         hint = RESOURCES_HINT
-        if "cfs_quota_us" in err.what or "cpu.max" in err.what:
+        if any(word in err.what for word in ("cfs_quota_us", "cpu.max", "cpu.quota")):
             hint = "the quota is microseconds of CPU time per period (50000 of 100000 is half a CPU), not a fraction"
         return failed(f"the container could not be created: {err.what}", hint)
     return all_of(_judge_pids(pids_max, most), _judge_cpu(cpus, shares, used))

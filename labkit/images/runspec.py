@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .. import capabilities
+from .. import capabilities, devices
 from ..errors import LabkitError
 from ..runtime.spec import DEFAULT_PATH, Spec, User, default_spec
 from .model import ImageConfig
@@ -111,6 +111,10 @@ def to_spec(config: ImageConfig, read_file: ReadFile | None = None, args: list[s
     spec.process.capabilities = capabilities.oci_sets(capabilities.DOCKER_DEFAULT) if root else {
         "bounding": list(capabilities.DOCKER_DEFAULT)}
     spec.process.noNewPrivileges = False  # docker run's default
+    # Docker's device rules: deny every device, then allow the few a container needs (null,
+    # zero, tty, ptmx, ...). CAP_MKNOD alone would let root make a node for any host disk.
+    assert spec.linux is not None
+    spec.linux.resources = {"devices": devices.default_rules()}
     spec.annotations = annotations(config)
     return spec
 

@@ -1,9 +1,11 @@
 """The OCI runtime operations: create, start, state, kill, delete — and run.
 
-The caller (a notebook kernel, the CLI, a test) never forks: `create` starts
-the shim program (labkit.runtime.init) with subprocess and waits until it
-reports the container created, blocked before exec. `start` releases it by
-writing to exec.fifo. The shim outlives the caller and records the exit code.
+The caller (a notebook kernel, a test) never forks: `create` starts labkit's
+monitor (`python -m labkit.monitor`, conmon's role) with subprocess; the
+monitor creates the container through the runtime (labkit.runtime.init, as
+`labkit-runc create` does) and stays as its reaper, owning its stdio and
+recording its exit code. `start` releases the init by writing to exec.fifo.
+The container outlives the caller; `delete` removes its cgroup and state.
 """
 from __future__ import annotations
 
@@ -17,25 +19,16 @@ import sys
 import time
 from typing import IO, Any
 
-from .. import capabilities, cgroups
+from .. import cgroups, settings
 from ..errors import ContainerError, LabkitError
 from . import store as st
+from .init import ExecError, check_spec, hook_state, hooks_of, remove_cgroup, wait_for_exit
 from .spec import Spec
 
-# Shims this process started, so their exit status is collected (no zombies).
-_SHIMS: dict[str, subprocess.Popen] = {}
+# Monitors this process started, so their exit status is collected (no zombies).
+_MONITORS: dict[str, subprocess.Popen] = {}
 Stream = int | IO[Any] | None
-
-
-class ExecError(ContainerError):
-    """process.args[0] is missing or not executable: `create` fails, as in runc.
-
-    `exit_code` is what a shell (and `docker run`) reports for it: 127 or 126.
-    """
-
-    def __init__(self, what: str, hint: str, exit_code: int) -> None:
-        super().__init__(what, hint)
-        self.exit_code = exit_code
+__all__ = ["ExecError"]
 
 
 @dataclasses.dataclass
@@ -54,64 +47,50 @@ class Result:
 def create(container_id: str, bundle: str, stdin: Stream = subprocess.DEVNULL,
            stdout: Stream = None, stderr: Stream = None, root: str | None = None,
            text: bool = True) -> subprocess.Popen:
-    """Create a container from a bundle; it waits before exec until `start`.
+    """Create a container from a bundle under labkit's monitor; it waits before exec until `start`.
 
-    Returns the shim's Popen: with stdout/stderr=subprocess.PIPE its pipes
+    Returns the monitor's Popen: with stdout/stderr=subprocess.PIPE its pipes
     carry the container's output.
     """
     bundle = os.path.abspath(bundle)
-    spec = Spec.load(bundle).validate(bundle)  # refuse bad specs before any kernel object
-    missing = capabilities.beyond(spec.process.capabilities if spec.process else None)
-    if missing:
-        raise ContainerError(f"process.capabilities asks for {', '.join(missing)}, which this process does not "
-                             "hold itself (its bounding set lacks it), so no container it makes can have it",
-                             "leave them out of config.json, or run labkit where root keeps every capability")
-    directory = st.state_dir(container_id, root)
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    try:
-        os.mkdir(directory, 0o700)  # the mkdir reserves the id atomically
-    except FileExistsError:
-        raise ContainerError(f"container {container_id!r} already exists",
-                             f"pick another id or delete it: labkit-runc delete {container_id}") from None
-    os.mkfifo(os.path.join(directory, "exec.fifo"), 0o600)
+    check_spec(bundle)  # refuse bad specs here, before a monitor process is even started
+    root = root or settings.runtime_root()
+    st.check_id(container_id)
     ready_r, ready_w = os.pipe()
-    # -S: no site module. The shim needs only the standard library and labkit (found through
-    # PYTHONPATH, see _shim_env); site's .pth processing (an editable install's import hook)
-    # would add ~10 ms to every container start. Should the shim ever need a package from
-    # site-packages, drop -S or put that directory on PYTHONPATH in _shim_env.
-    cmd = [sys.executable, "-S", "-m", "labkit.runtime.init", "--id", container_id,
-           "--bundle", bundle, "--state-dir", directory, "--ready-fd", str(ready_w)]
+    # -S: no site module. The monitor needs only the standard library and labkit (found through
+    # PYTHONPATH, see _monitor_env); site's .pth processing (an editable install's import hook)
+    # would add ~10 ms to every container start. Should it ever need a package from
+    # site-packages, drop -S or put that directory on PYTHONPATH in _monitor_env.
+    cmd = [sys.executable, "-S", "-m", "labkit.monitor", "--id", container_id,
+           "--bundle", bundle, "--root", root, "--ready-fd", str(ready_w)]
     try:
-        shim = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
-                                pass_fds=(ready_w,), start_new_session=True, text=text,
-                                env=_shim_env())
+        monitor = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                                   pass_fds=(ready_w,), start_new_session=True, text=text,
+                                   env=_monitor_env())
     except BaseException:
         os.close(ready_r)
-        shutil.rmtree(directory, ignore_errors=True)
         raise
     finally:
         os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready:
-        reply = ready.read()
-    answer = json.loads(reply) if reply else {"error": "the shim exited without reporting",
+        reply = ready.readline()  # one line: the container's init holds the pipe until it execs
+    answer = json.loads(reply) if reply else {"error": "the monitor exited without reporting",
                                               "hint": "see the stderr above"}
     if "error" in answer:
-        _, err = shim.communicate() if shim.stdout or shim.stderr else (None, None)
-        shim.wait()
+        _, err = monitor.communicate() if monitor.stdout or monitor.stderr else (None, None)
+        monitor.wait()
         if err and not reply:
-            answer["hint"] = f"the shim said: {err.strip() if isinstance(err, str) else err.decode().strip()}"
-        shutil.rmtree(directory, ignore_errors=True)
+            answer["hint"] = f"the monitor said: {err.strip() if isinstance(err, str) else err.decode().strip()}"
         message = f"creating container {container_id!r} failed: {answer['error']}"
         if "exit_code" in answer:
             raise ExecError(message, answer.get("hint", ""), answer["exit_code"])
         raise ContainerError(message, answer.get("hint", ""))
-    _SHIMS[directory] = shim
-    del spec
-    return shim
+    _MONITORS[st.state_dir(container_id, root)] = monitor
+    return monitor
 
 
-def _shim_env() -> dict[str, str]:
-    """Make sure the shim imports this same labkit, wherever it is installed."""
+def _monitor_env() -> dict[str, str]:
+    """Make sure the monitor imports this same labkit, wherever it is installed."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -136,6 +115,16 @@ def start(container_id: str, root: str | None = None) -> None:
         os.close(fd)
     _wait_for_exec(fifo)
     os.unlink(fifo)
+    spec = Spec.load(state.bundle)
+    if hooks_of(spec).get("poststart"):
+        from .. import hooks
+
+        try:
+            hooks.run("poststart", hooks_of(spec)["poststart"],
+                      hook_state(spec, state.bundle, "running", state.pid, container_id), cwd=state.bundle)
+        except hooks.HookError:  # as runc: the container does not run on after a failed poststart
+            kill(container_id, "KILL", root)
+            raise
 
 
 def _wait_for_exec(fifo: str, timeout: float = 10.0) -> None:
@@ -196,42 +185,64 @@ def resume(container_id: str, root: str | None = None) -> None:
     os.unlink(os.path.join(st.state_dir(container_id, root), "paused"))
 
 
-def kill(container_id: str, sig: int | str = "TERM", root: str | None = None) -> None:
-    """Send a signal to the container's init (its PID 1)."""
+def kill(container_id: str, sig: int | str = "TERM", root: str | None = None, all: bool = False) -> None:
+    """Send a signal to the container's init (its PID 1), or with `all` to every process
+    in its cgroup (runc kill --all)."""
     current = st.load(container_id, root)
     if current.status not in ("created", "running", "paused"):
         raise ContainerError(f"container {container_id!r} is {current.status}",
                              "only a created, running or paused container can be signalled")
-    os.kill(current.pid, parse_signal(sig))
+    number = parse_signal(sig)
+    if not all:
+        os.kill(current.pid, number)
+        return
+    for pid in cgroup(container_id, root).pids():
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
 
 
 def wait(container_id: str, timeout: float | None = None, root: str | None = None) -> int:
-    """Wait for the container to stop; its exit code."""
+    """Wait for the container to stop; its exit code, as its monitor recorded it.
+
+    Blocks on an event (the monitor's exit, through a pidfd), never a polling loop.
+    A container made by `labkit-runc create` has no monitor: its exit status went
+    to its reaper (conmon, containerd-shim, ...), so only that one knows it.
+    """
     directory = st.state_dir(container_id, root)
-    shim = _SHIMS.get(directory)
-    if shim is not None:
+    current = st.load(container_id, root)
+    still = ContainerError(f"container {container_id!r} still runs after {timeout}s",
+                           "kill it: labkit-runc kill ID KILL")
+    monitor = _MONITORS.get(directory)
+    if monitor is not None:
         try:
-            shim.wait(timeout)
+            monitor.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise ContainerError(f"container {container_id!r} still runs after {timeout}s",
-                                 "kill it: labkit-runc kill ID KILL") from None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        current = st.load(container_id, root)
-        if current.status == "stopped" and (current.exit_code is not None or not _alive(current.shim_pid)):
-            return current.exit_code if current.exit_code is not None else 255
-        if deadline is not None and time.monotonic() > deadline:
-            raise ContainerError(f"container {container_id!r} still runs after {timeout}s",
-                                 "kill it: labkit-runc kill ID KILL")
-        time.sleep(0.01)
+            raise still from None
+    elif _monitor_alive(current):
+        if not wait_for_exit(current.monitor_pid, timeout):
+            raise still
+    elif current.status != "stopped":
+        if not wait_for_exit(current.pid, timeout):
+            raise still
+    current = st.load(container_id, root)
+    if current.exit_code is None:
+        if current.monitor_pid:
+            raise ContainerError(f"the monitor of container {container_id!r} ended without recording an exit code",
+                                 "it was killed, and the container died with it (SIGKILL)")
+        raise ContainerError(f"container {container_id!r} has stopped; its exit status went to its parent",
+                             "it was made without labkit's monitor (labkit-runc create): ask the process that "
+                             "reaped it (conmon, containerd-shim, a subreaper)")
+    return current.exit_code
 
 
-def _alive(pid: int) -> bool:
-    return st.proc_start_time(pid) is not None
+def _monitor_alive(current: st.State) -> bool:
+    return bool(current.monitor_pid) and st.proc_start_time(current.monitor_pid) == current.monitor_start
 
 
 def delete(container_id: str, force: bool = False, root: str | None = None) -> None:
-    """Remove a stopped container's state; with force, kill it first."""
+    """Remove a stopped container: its cgroup and its state. With force, kill it first."""
     current = st.load(container_id, root)
     if current.status in ("created", "running", "paused"):
         if not force:
@@ -242,17 +253,37 @@ def delete(container_id: str, force: bool = False, root: str | None = None) -> N
             try:
                 cgroup(container_id, root).thaw()
             except (cgroups.CgroupError, OSError):
-                pass  # it died (at once on v2, or as the thaw began) and its shim is removing the
-                # group under our feet; were it still frozen, the wait below would say so
-    wait(container_id, timeout=10, root=root)
-    if current.cgroup:  # normally the shim removed it; not if the shim itself was killed
-        group = cgroups.Cgroup(**current.cgroup)
-        if any(os.path.isdir(d) for d in group.dirs.values()):
-            group.remove()
-            cgroups.remove_parents(group.name)
+                pass  # it died at once (v2); were it still frozen, the wait below would say so
+        if not wait_for_exit(current.pid, 10):
+            raise ContainerError(f"container {container_id!r} did not die from SIGKILL within 10 s",
+                                 "a PID 1 dies only once every process of its PID namespace is reaped: one may "
+                                 "be a zombie its reaper has not wait()ed for, or stuck in the kernel (D state); "
+                                 "see `ps -o pid,ppid,stat`")
     directory = st.state_dir(container_id, root)
-    _SHIMS.pop(directory, None)
-    shutil.rmtree(directory)
+    monitor = _MONITORS.pop(directory, None)
+    if monitor is not None:  # our child: reap it once it has recorded the exit
+        monitor.wait(10)
+    elif _monitor_alive(current):
+        wait_for_exit(current.monitor_pid, 10)
+    remove_cgroup(cgroups.Cgroup(**current.cgroup) if current.cgroup else None)
+    try:
+        _poststop(current, container_id)
+    finally:
+        shutil.rmtree(directory)
+
+
+def _poststop(current: st.State, container_id: str) -> None:
+    """poststop hooks, once the container is gone; a failure is raised as a warning
+    (HookError.warning) after the state is removed, as runc logs it and deletes anyway."""
+    try:
+        spec = Spec.load(current.bundle)
+    except LabkitError:  # the bundle is gone: nothing to run
+        return
+    if hooks_of(spec).get("poststop"):
+        from .. import hooks
+
+        hooks.run("poststop", hooks_of(spec)["poststop"],
+                  hook_state(spec, current.bundle, "stopped", 0, container_id), cwd=current.bundle)
 
 
 def list_containers(root: str | None = None) -> list[st.State]:
@@ -265,11 +296,11 @@ def run(bundle: str, container_id: str | None = None, capture: bool = True,
     """create + start + wait + delete, like `runc run`: the exit code and output."""
     container_id = container_id or "run-" + os.urandom(6).hex()  # uuid4().hex[:12], without importing uuid
     pipe = subprocess.PIPE if capture else None
-    shim = create(container_id, bundle, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                  stdout=pipe, stderr=pipe, root=root)
+    monitor = create(container_id, bundle, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                     stdout=pipe, stderr=pipe, root=root)
     try:
         start(container_id, root)
-        out, err = shim.communicate(input, timeout=timeout)
+        out, err = monitor.communicate(input, timeout=timeout)
     except BaseException:
         delete(container_id, force=True, root=root)
         raise

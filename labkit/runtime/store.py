@@ -1,11 +1,12 @@
 """Container state on disk, and the OCI `state` it is reported as.
 
 runtime_root()/<id>/
-  state.json   written by the shim once the container is created
+  state.json   written by `create` once the container is created (with monitor_pid and
+               monitor_start when labkit's monitor made it)
   exec.fifo    exists while the container waits for `start` (as in runc)
-  exit.json    written by the shim when the container's process has exited: the exit
-               code and the cgroup's final counters (Cgroup.stats(), e.g. oom_kills)
-  shim.log     the shim's own errors
+  paused       exists while the container is frozen
+  exit.json    written by labkit's monitor when the container's process has exited: the
+               exit code and the cgroup's final counters (Cgroup.stats(), e.g. oom_kills)
 """
 from __future__ import annotations
 
@@ -70,11 +71,12 @@ class State:
     pid: int
     bundle: str
     annotations: dict[str, str]
-    shim_pid: int = 0
+    monitor_pid: int = 0  # labkit's monitor (conmon's role), if it made the container
+    monitor_start: int | None = None  # its start time, to tell it from a reused pid
     exit_code: int | None = None
     created: str = ""
     cgroup: dict[str, Any] | None = None  # labkit.cgroups.Cgroup fields, if the container has one
-    cgroup_stats: dict[str, Any] | None = None  # its Cgroup.stats() as the shim read them after the exit
+    cgroup_stats: dict[str, Any] | None = None  # its Cgroup.stats() as the monitor read them after the exit
 
     def oci(self) -> dict[str, Any]:
         """Exactly the fields the OCI runtime spec defines for `state`."""
@@ -104,7 +106,8 @@ def load(container_id: str, root: str | None = None) -> State:
     else:
         status = "running"
     return State(id=container_id, status=status, pid=saved["pid"], bundle=saved["bundle"],
-                 annotations=saved.get("annotations") or {}, shim_pid=saved["shim_pid"],
+                 annotations=saved.get("annotations") or {},
+                 monitor_pid=saved.get("monitor_pid", 0), monitor_start=saved.get("monitor_start"),
                  exit_code=exit_info["exit_code"] if exit_info else None,
                  created=saved.get("created", ""), cgroup=saved.get("cgroup"),
                  cgroup_stats=exit_info.get("cgroup_stats") if exit_info else None)

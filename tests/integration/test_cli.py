@@ -105,15 +105,15 @@ def test_reset_removes_a_leaked_container_and_its_shim(make_bundle, run_root):
     runtime.create("forgotten", make_bundle(["sleep", "60"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = runtime.state("forgotten")
     mine = [leak for leak in doctor.leaks() if leak.name.endswith("/forgotten")
-            or leak.pid == state.shim_pid]
+            or leak.pid == state.monitor_pid]
     assert {leak.kind for leak in mine} == {"container", "process"}
     done = doctor.reset(only=mine)
     assert any("killed container forgotten" in line for line in done)
     deadline = time.time() + 5
-    while time.time() < deadline and os.path.exists(f"/proc/{state.shim_pid}"):
+    while time.time() < deadline and os.path.exists(f"/proc/{state.monitor_pid}"):
         time.sleep(0.01)
         try:
-            os.waitpid(state.shim_pid, os.WNOHANG)  # the shim is our child here: reap it
+            os.waitpid(state.monitor_pid, os.WNOHANG)  # the monitor is our child here: reap it
         except ChildProcessError:
             pass
     assert not any(leak.name.endswith("/forgotten") for leak in doctor.leaks())

@@ -278,7 +278,7 @@ def test_the_container_dies_with_its_shim_whatever_its_user(make_bundle, uid):
     try:
         runtime.start("orphan")
         state = runtime.state("orphan")
-        os.kill(state.shim_pid, 9)
+        os.kill(state.monitor_pid, 9)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{state.pid}") and time.monotonic() < deadline:
             time.sleep(0.01)

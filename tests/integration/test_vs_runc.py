@@ -487,3 +487,114 @@ def test_podmans_default_profile_filters_the_same(runc, labkit_root, bundle):
     script = SYSCALL_PROBES + "; unshare -m true; echo unshare=$?"
     out = run_both(runc, labkit_root, bundle(sh(script), _profile(oci)))
     assert out["labkit"] == out["runc"] and "chroot=1" in out["runc"][1], out  # chroot: only with CAP_SYS_CHROOT
+
+
+# --- seccomp with several architectures: podman's default profile, all of it --------------------
+# podman's profile lists x86_64, x86 and x32, names calls only x86 has (mmap2, socketcall, ...) and has
+# overlapping `socket` rules; runc adds every name libseccomp knows, per architecture (tests/unit).
+PODMAN_DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",  # containers.conf
+                       "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID",
+                       "CAP_SYS_CHROOT")
+# Each probe runs in a child, so one the filter kills (SIGSYS) shows as `name=signal 31`. i386 calls are
+# made from this 64-bit program with `int $0x80` (seccomp sees AUDIT_ARCH_I386), x32 ones with the x32 bit.
+PROBE_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static long native(long nr, long a, long b, long c) {
+    long r = syscall(nr, a, b, c);
+    return r == -1 ? -errno : r;
+}
+
+static long i386(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory", "r8", "r9", "r10", "r11");
+    return r;  /* -errno on failure */
+}
+
+static void probe(const char *name, long r) {
+    if (r >= 0)
+        printf("%s=ok\n", name);
+    else
+        printf("%s=%ld\n", name, r);
+}
+
+int main(void) {
+    const char *names[] = {"socket_netlink_audit", "socket_netlink_route", "socket_inet_dgram", "unshare_user",
+                           "personality_query", "kexec_load", "i386_getuid32", "i386_socket_netlink_audit",
+                           "i386_socketcall_netlink_audit", "x32_socket_netlink_audit"};
+    for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            unsigned *args = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+            args[0] = 16, args[1] = 3, args[2] = 9;  /* socketcall(SYS_SOCKET, {AF_NETLINK, SOCK_RAW, NETLINK_AUDIT}) */
+            long r = i == 0 ? native(SYS_socket, 16, 3, 9) : i == 1 ? native(SYS_socket, 16, 3, 0)
+                   : i == 2 ? native(SYS_socket, 2, 2, 0) : i == 3 ? native(SYS_unshare, CLONE_NEWUSER, 0, 0)
+                   : i == 4 ? native(SYS_personality, 0xffffffff, 0, 0) : i == 5 ? native(SYS_kexec_load, 0, 0, 0)
+                   : i == 6 ? i386(199, 0, 0, 0) : i == 7 ? i386(359, 16, 3, 9)
+                   : i == 8 ? i386(102, 1, (long)args, 0) : native(0x40000000 | SYS_socket, 16, 3, 9);
+            probe(names[i], r);
+            fflush(stdout);
+            _exit(0);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (WIFSIGNALED(status))
+            printf("%s=signal %d\n", names[i], WTERMSIG(status));
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_rootfs(tmp_path_factory):
+    """A busybox rootfs of its own with /probe, a static program making the calls above."""
+    if os.uname().machine != "x86_64" or shutil.which("gcc") is None:
+        pytest.skip("the syscall probe is x86_64 code built with gcc")
+    work = tmp_path_factory.mktemp("probe")
+    (work / "probe.c").write_text(PROBE_C)
+    built = subprocess.run(["gcc", "-static", "-O1", "-o", str(work / "probe"), str(work / "probe.c")],
+                           capture_output=True, text=True, timeout=120)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a static probe (libc6-dev?): {built.stderr[-300:]}")
+    root = rootfs.build_busybox_rootfs(str(work / "rootfs"))
+    shutil.copy(work / "probe", os.path.join(root, "probe"))
+    return root
+
+
+def _podman_profile(caps, arches=None):
+    def edit(spec):
+        with open(PODMAN_PROFILE) as f:
+            oci = seccomp.from_docker_profile(json.load(f), caps)
+        if arches:
+            oci["architectures"] = arches
+        spec.linux.seccomp = oci
+        spec.process.capabilities = capabilities.oci_sets(caps)
+    return edit
+
+
+@pytest.mark.skipif(not os.path.exists(PODMAN_PROFILE), reason=f"no {PODMAN_PROFILE} (apt-get install skopeo)")
+@pytest.mark.parametrize("caps,arches,expect", [
+    (PODMAN_DEFAULT_CAPS, None, ["socket_netlink_audit=-22", "i386_socket_netlink_audit=-22", "i386_getuid32=ok",
+                                 "x32_socket_netlink_audit=-22", "socket_inet_dgram=ok", "kexec_load=-1"]),
+    (capabilities.DOCKER_DEFAULT, None, ["socket_netlink_audit=ok", "i386_getuid32=ok"]),  # CAP_AUDIT_WRITE
+    (PODMAN_DEFAULT_CAPS, ["SCMP_ARCH_X86_64"], ["socket_netlink_audit=-22", "i386_getuid32=signal 31"]),
+], ids=["podman-caps-all-arches", "docker-caps-all-arches", "podman-caps-x86_64-only"])
+def test_podmans_multi_arch_profile_filters_the_same(runc, labkit_root, bundle, probe_rootfs, caps, arches, expect):
+    """The profile as podman makes it for a default container, every architecture in it: both load it,
+    and every probe (native, i386 and x32 calls) ends the same way."""
+    script = "/probe; unshare -m true; echo unshare=$?; grep Seccomp: /proc/self/status"
+    out = run_both(runc, labkit_root, bundle(sh(script), _podman_profile(caps, arches), probe_rootfs))
+    assert out["runc"][0] == 0 and "Seccomp:\t2" in out["runc"][1], out["runc"]
+    assert out["labkit"] == out["runc"], out
+    for line in expect + ["unshare=1"]:
+        assert line in out["labkit"][1].splitlines(), out["labkit"][1]

@@ -243,3 +243,328 @@ def test_malformed_resources_say_what_is_wrong(resources, match):
     g = cgroups.Cgroup("x", 2, {"": "/nonexistent"})
     with pytest.raises(cgroups.CgroupError, match=match):
         g.apply(resources)
+
+
+# --- every linux.resources field: applied, or refused by name ---------------------------------
+V1_ALL = {"memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices", "freezer", "hugetlb", "net_cls",
+          "net_prio", "rdma"}
+V2_ALL = {"memory", "cpu", "cpuset", "io", "pids", "hugetlb", "rdma", "devices", "freezer"}
+EVERYTHING = {
+    "memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 20, "swappiness": 0,
+               "disableOOMKiller": True, "checkBeforeUpdate": False},
+    "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 1000, "idle": 0, "cpus": "0", "mems": "0",
+            "realtimeRuntime": 950, "realtimePeriod": 1000},
+    "pids": {"limit": 10},
+    "blockIO": {"weight": 500, "leafWeight": 300, "weightDevice": [{"major": 8, "minor": 0, "weight": 200}],
+                "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}],
+                "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 50}]},
+    "hugepageLimits": [{"pageSize": "2MB", "limit": 4 << 20}],
+    "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 5}]},
+    "rdma": {"mlx5_1": {"hcaHandles": 3, "hcaObjects": 10000}},
+}
+
+
+def joined(found):
+    return "; ".join(found)
+
+
+def test_problems_accept_every_v1_field_on_a_v1_host_with_every_controller():
+    assert cgroups.problems(EVERYTHING, 1, V1_ALL) == []
+    assert cgroups.problems({"devices": [{"allow": False, "access": "rwm"}]}, 1, V1_ALL) == []
+
+
+@pytest.mark.parametrize("field", ["memory.swappiness", "memory.disableOOMKiller", "cpu.realtimeRuntime",
+                                   "cpu.realtimePeriod", "blockIO.leafWeight", "network.classID",
+                                   "network.priorities"])
+def test_v2_refuses_by_name_what_runc_silently_ignores_there(field):
+    found = joined(cgroups.problems(EVERYTHING, 2, V2_ALL))
+    assert f"linux.resources.{field} cannot be applied: cgroup v2 has no" in found \
+        or f"linux.resources.{field} cannot be applied: cgroup v2 cannot" in found, found
+
+
+def test_v2_accepts_the_unset_forms_of_v1_only_fields():
+    unset = {"memory": {"swappiness": -1, "disableOOMKiller": False, "useHierarchy": True},
+             "cpu": {"realtimeRuntime": 0, "realtimePeriod": 0}, "network": {"classID": 0, "priorities": []},
+             "blockIO": {"leafWeight": 0, "weightDevice": [{"major": 8, "minor": 0, "weight": 100, "leafWeight": 0}]}}
+    assert cgroups.problems(unset, 2, V2_ALL) == []
+    found = joined(cgroups.problems({"memory": {"useHierarchy": False},
+                                     "blockIO": {"weightDevice": [{"major": 8, "minor": 0, "leafWeight": 20}]}}, 2, V2_ALL))
+    assert "useHierarchy false cannot be applied: cgroup v2 is always hierarchical" in found
+    assert "weightDevice[0].leafWeight cannot be applied" in found
+
+
+def test_unified_is_v2_only_and_takes_file_names():
+    assert "unified cannot be applied: it names cgroup v2 files" in joined(
+        cgroups.problems({"unified": {"memory.high": "1G"}}, 1, V1_ALL))
+    assert cgroups.problems({"unified": {"memory.high": "1G", "cgroup.freeze": "0"}}, 2, V2_ALL) == []
+    found = joined(cgroups.problems({"unified": {"../memory.high": "1", "memoryhigh": "1", "io.max": 5}}, 2, V2_ALL))
+    assert found.count("must map a file name") == 3
+
+
+@pytest.mark.parametrize("resources, match", [
+    ({"memroy": {"limit": 1}}, r"linux.resources.memroy is not an OCI field \(known: memory, cpu"),
+    ({"cpu": {"quotas": 1}}, r"linux.resources.cpu.quotas is not an OCI field \(known: shares, quota"),
+    ({"memory": {"limit": "64M"}}, r"memory.limit must be an integer, not '64M'"),
+    ({"memory": {"swappiness": 101}}, r"memory.swappiness must be from 0 to 100"),
+    ({"memory": {"disableOOMKiller": 1}}, r"disableOOMKiller must be true or false"),
+    ({"cpu": {"cpus": 0}}, r"cpu.cpus must be a string"),
+    ({"blockIO": {"weight": 5}}, r"blockIO.weight must be a weight from 10 to 1000"),
+    ({"blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0}]}}, r"throttleReadBpsDevice\[0\] needs rate"),
+    ({"blockIO": {"throttleReadBpsDevice": {"major": 8}}}, r"throttleReadBpsDevice must be a list"),
+    ({"hugepageLimits": [{"pageSize": "2M", "limit": 1}]}, r"pageSize '2M' is not a size like 2MB"),
+    ({"hugepageLimits": {"pageSize": "2MB"}}, r"hugepageLimits must be a list"),
+    ({"network": {"priorities": [{"name": "eth0"}]}}, r"priorities\[0\] needs priority"),
+    ({"rdma": {"mlx5_1": {}}}, r"rdma.mlx5_1 must be an object with hcaHandles"),
+    ({"devices": [{"allow": True}]}, r"devices\[0\].access None must be"),
+])
+def test_problems_say_which_field_is_wrong(resources, match):
+    import re
+
+    found = joined(cgroups.problems(resources, 1, V1_ALL))
+    assert re.search(match, found), found
+
+
+def test_a_limit_for_a_controller_the_host_lacks_is_refused_by_name():
+    lacking = V1_ALL - {"hugetlb", "net_cls", "rdma"}
+    found = joined(cgroups.problems(EVERYTHING, 1, lacking))
+    assert "linux.resources.hugepageLimits needs the hugetlb controller, which is not mounted on this cgroup v1" in found
+    assert "linux.resources.network.classID needs the net_cls controller" in found
+    assert "linux.resources.rdma needs the rdma controller" in found
+    assert "net_prio" not in found and "memory" not in found
+    found = joined(cgroups.problems({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}],
+                                     "pids": {"limit": 5}}, 2, V2_ALL - {"hugetlb", "pids"}))
+    assert "hugepageLimits needs the hugetlb controller, which is not enabled on this cgroup v2 host" in found
+    assert "linux.resources.pids.limit needs the pids controller" in found
+
+
+def test_kernel_memory_is_ignored_with_a_warning_as_runc_does(tmp_path):
+    assert cgroups.problems({"memory": {"kernel": 1 << 20, "kernelTCP": 1 << 20}}, 2, V2_ALL) == []
+    d = tmp_path / "g"
+    d.mkdir()
+    (d / "cgroup.controllers").write_text("memory\n")
+    g = cgroups.Cgroup("g", 2, {"": str(d)})
+    with pytest.warns(UserWarning, match="memory.kernel and kernelTCP ignored, as runc ignores them"):
+        g.apply({"memory": {"kernel": 1 << 20, "kernelTCP": 1 << 20}})
+    assert sorted(os.listdir(d)) == ["cgroup.controllers"]  # nothing written
+
+
+def fake_group(tmp_path, version, files):
+    """A group whose interface files exist (empty unless given): controller -> {file: content}."""
+    dirs = {}
+    for controller, names in files.items():
+        d = tmp_path / (controller or "unified")
+        d.mkdir(exist_ok=True)
+        for name, content in names.items():
+            (d / name).write_text(content)
+        dirs[controller] = str(d)
+    return cgroups.Cgroup("g", version, dirs)
+
+
+V1_FILES = {
+    "memory": dict.fromkeys(("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes",
+                             "memory.swappiness", "memory.oom_control", "memory.use_hierarchy"), "0"),
+    "cpu": dict.fromkeys(("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.cfs_burst_us", "cpu.idle",
+                          "cpu.rt_period_us", "cpu.rt_runtime_us"), ""),
+    "cpuset": {"cpuset.cpus": "", "cpuset.mems": ""},
+    "pids": {"pids.max": ""},
+    "blkio": dict.fromkeys(("blkio.bfq.weight", "blkio.bfq.weight_device", "blkio.leaf_weight",
+                            "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device"), ""),
+    "hugetlb": {"hugetlb.2MB.limit_in_bytes": "", "hugetlb.2MB.rsvd.limit_in_bytes": ""},
+    "net_cls": {"net_cls.classid": ""},
+    "net_prio": {"net_prio.ifpriomap": ""},
+    "rdma": {"rdma.max": ""},
+}
+
+
+def recording(monkeypatch):
+    writes = []
+    real = cgroups.Cgroup.write
+
+    def write(self, controller, filename, value):
+        real(self, controller, filename, value)
+        writes.append((filename, str(value)))
+    monkeypatch.setattr(cgroups.Cgroup, "write", write)
+    return writes
+
+
+def test_v1_applies_every_field_to_its_file_in_runcs_order(tmp_path, monkeypatch):
+    (tmp_path / "dev-block" / "8:0").mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "SYS_DEV_BLOCK", str(tmp_path / "dev-block"))
+    g = fake_group(tmp_path, 1, V1_FILES)
+    writes = recording(monkeypatch)
+    g.apply(EVERYTHING)
+    assert writes == [
+        ("memory.memsw.limit_in_bytes", str(128 << 20)), ("memory.limit_in_bytes", str(64 << 20)),
+        ("memory.soft_limit_in_bytes", str(32 << 20)), ("memory.oom_control", "1"), ("memory.swappiness", "0"),
+        ("cpu.shares", "512"), ("cpu.cfs_period_us", "100000"), ("cpu.cfs_burst_us", "1000"),
+        ("cpu.cfs_quota_us", "20000"), ("cpu.idle", "0"), ("cpu.rt_period_us", "1000"),
+        ("cpu.rt_runtime_us", "950"), ("cpuset.cpus", "0"), ("cpuset.mems", "0"), ("pids.max", "10"),
+        ("blkio.bfq.weight", "500"), ("blkio.leaf_weight", "300"), ("blkio.bfq.weight_device", "8:0 200"),
+        ("blkio.throttle.read_iops_device", "8:0 100"), ("blkio.throttle.write_iops_device", "8:0 50"),
+        ("hugetlb.2MB.limit_in_bytes", str(4 << 20)), ("hugetlb.2MB.rsvd.limit_in_bytes", str(4 << 20)),
+        ("net_cls.classid", "1048577"), ("net_prio.ifpriomap", "eth0 5"),
+        ("rdma.max", "mlx5_1 hca_handle=3 hca_object=10000")]
+
+
+def test_v1_cfq_weights_are_used_where_the_kernel_still_has_them(tmp_path, monkeypatch):
+    g = fake_group(tmp_path, 1, {"blkio": {"blkio.weight": "", "blkio.weight_device": "", "blkio.bfq.weight": ""}})
+    writes = recording(monkeypatch)
+    g.apply({"blockIO": {"weight": 700, "weightDevice": [{"major": 8, "minor": 16, "weight": 100}]}})
+    assert writes == [("blkio.weight", "700"), ("blkio.weight_device", "8:16 100")]
+
+
+@pytest.mark.parametrize("resources, match", [
+    ({"cpu": {"burst": 1000}}, "linux.resources.cpu: cpu.burst cannot be applied: this kernel has no cpu.cfs_burst_us"),
+    ({"cpu": {"realtimeRuntime": 1000}}, "cpu.realtime\\* cannot be applied: this kernel has no cpu.rt_runtime_us"),
+    ({"blockIO": {"leafWeight": 500}}, "linux.resources.blockIO: blockIO.leafWeight cannot be applied: this kernel "
+                                       "has no blkio.leaf_weight"),
+    ({"hugepageLimits": [{"pageSize": "1GB", "limit": 1}]}, "hugepageLimits 1GB cannot be applied: this kernel has "
+                                                            "no hugetlb.1GB.limit_in_bytes"),
+    ({"memory": {"limit": 1 << 20, "swap": 2 << 20}}, "memory.swap cannot be applied: this kernel has no swap "
+                                                      "accounting"),
+])
+def test_v1_files_this_kernel_lacks_are_refused_not_created(tmp_path, resources, match):
+    g = fake_group(tmp_path, 1, {"cpu": {"cpu.shares": ""}, "blkio": {"blkio.bfq.weight": ""},
+                                 "hugetlb": {"hugetlb.2MB.limit_in_bytes": ""},
+                                 "memory": {"memory.limit_in_bytes": "0"}})
+    with pytest.raises(cgroups.CgroupError, match=match):
+        g.apply(resources)
+
+
+V2_FILES = {"": {"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma\n", "memory.max": "",
+                 "memory.low": "", "cpu.max": "", "cpu.weight": "", "cpu.max.burst": "", "cpu.idle": "",
+                 "io.max": "", "io.weight": "", "pids.max": "", "hugetlb.2MB.max": "", "rdma.max": "",
+                 "memory.high": "", "cpuset.cpus": ""}}
+
+
+def test_v2_applies_every_field_it_has_in_runcs_order(tmp_path, monkeypatch):
+    (tmp_path / "dev-block" / "8:0").mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "SYS_DEV_BLOCK", str(tmp_path / "dev-block"))
+    g = fake_group(tmp_path, 2, V2_FILES)
+    writes = recording(monkeypatch)
+    g.apply({"memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 64 << 20},
+             "cpu": {"shares": 1024, "quota": 20000, "burst": 1000, "idle": 1, "cpus": "0"},
+             "blockIO": {"weight": 500, "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}]},
+             "hugepageLimits": [{"pageSize": "2MB", "limit": 2 << 20}],
+             "rdma": {"mlx5_1": {"hcaObjects": 10}},
+             "unified": {"memory.high": str(48 << 20)}})
+    assert writes == [
+        ("memory.max", str(64 << 20)), ("memory.low", str(32 << 20)),  # no swap.max: swap == limit is "0", skipped
+        ("cpu.idle", "1"), ("cpu.weight", "39"), ("cpu.max.burst", "1000"), ("cpu.max", "20000 100000"),
+        ("cpuset.cpus", "0"), ("io.weight", "4950"), ("io.max", "8:0 riops=100"),
+        ("hugetlb.2MB.max", str(2 << 20)), ("rdma.max", "mlx5_1 hca_object=10"),
+        ("memory.high", str(48 << 20))]  # unified last: it overrides
+
+
+def test_v2_uses_bfq_weights_where_the_scheduler_offers_them(tmp_path, monkeypatch):
+    g = fake_group(tmp_path, 2, {"": {"cgroup.controllers": "io\n", "io.bfq.weight": "default 100\n"}})
+    writes = recording(monkeypatch)
+    g.apply({"blockIO": {"weight": 500, "weightDevice": [{"major": 8, "minor": 0, "weight": 200}]}})
+    assert writes == [("io.bfq.weight", "500"), ("io.bfq.weight", "8:0 200")]
+
+
+@pytest.mark.parametrize("resources, match", [
+    ({"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "weight": 200}]}},
+     "linux.resources.blockIO: blockIO.weightDevice cannot be applied: per-disk weights need the BFQ"),
+    ({"memory": {"limit": 64 << 20, "swap": 128 << 20}}, "memory.swap cannot be applied: this kernel has no swap"),
+    ({"unified": {"memory.min": "1"}}, "linux.resources.unified: unified 'memory.min' cannot be set: no such file"),
+    ({"unified": {"hugetlb.2MB.max": "1"}}, "controller 'hugetlb' is not available to the group"),
+    ({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}, "needs the hugetlb controller"),
+])
+def test_v2_refusals_name_the_field(tmp_path, resources, match):
+    g = fake_group(tmp_path, 2, {"": {"cgroup.controllers": "io memory\n", "io.weight": "", "memory.max": ""}})
+    with pytest.raises(cgroups.CgroupError, match=match):
+        g.apply(resources)
+
+
+def test_v2_swap_without_swap_accounting_is_fine_when_it_asks_for_nothing(tmp_path):
+    g = fake_group(tmp_path, 2, {"": {"cgroup.controllers": "memory\n", "memory.max": ""}})
+    g.apply({"memory": {"limit": 64 << 20, "swap": 64 << 20}})  # no swap: nothing to limit
+    g.apply({"memory": {"limit": 64 << 20, "swap": -1}})
+    assert (tmp_path / "unified" / "memory.max").read_text() == str(64 << 20)
+
+
+def test_check_before_update_refuses_a_limit_below_usage(tmp_path):
+    g = fake_group(tmp_path, 2, {"": {"cgroup.controllers": "memory\n", "memory.max": "", "memory.current": "4096"}})
+    with pytest.raises(cgroups.CgroupError, match="memory.limit 4096 is not above the group's usage 4096"):
+        g.apply({"memory": {"limit": 4096, "checkBeforeUpdate": True}})
+    g.apply({"memory": {"limit": 8192, "checkBeforeUpdate": True}})
+
+
+def test_host_controllers_on_v2_are_what_create_enables(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (tmp_path / "cgroup.subtree_control").write_text("memory rdma\n")
+    assert cgroups.host_controllers(str(tmp_path)) == {"cpuset", "cpu", "io", "memory", "pids", "rdma",
+                                                       "devices", "freezer"}  # not hugetlb: the root keeps it
+
+
+def test_v2_create_passes_optional_controllers_down_only_below_the_root(tmp_path, monkeypatch):
+    root, mkdir = fake_v2(tmp_path)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma\n")
+    (root / "cgroup.subtree_control").write_text("hugetlb")
+    monkeypatch.setattr(cgroups.os, "mkdir", mkdir)
+
+    def offered(path, *a):  # the kernel offers a child what its parent passes down
+        mkdir(path, *a)
+        (tmp_path / path / "cgroup.controllers").write_text("cpuset cpu io memory pids hugetlb\n")
+    monkeypatch.setattr(cgroups.os, "mkdir", offered)
+    cgroups.create("c3", root=str(root))
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io +memory +pids"  # the root: no extras
+    assert (root / "labkit" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io +memory +pids +hugetlb"
+
+
+# --- the cgroup mount inside a container ----------------------------------------------------
+from labkit import mountinfo  # noqa: E402
+
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+34 31 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+35 31 0:32 /machine /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+90 60 0:31 / /var/lib/other/memory rw,relatime - cgroup cgroup rw,memory
+"""
+OWN = {"cpu": "/labkit/c1", "cpuacct": "/labkit/c1", "memory": "/me/labkit/c1", "pids": "/machine/labkit/c1",
+       "name=systemd": "/user.slice", "freezer": "/labkit/c1"}
+RO = ["nosuid", "noexec", "nodev", "relatime", "ro"]
+
+
+def plan(version=1, cgroupns=True, text=HYBRID, options=RO, v2_dir=None):
+    return cgroups.plan_cgroup_mounts("/sys/fs/cgroup", options, version, mountinfo.parse(text), OWN, cgroupns, v2_dir)
+
+
+def test_v1_plan_with_a_cgroup_namespace_mounts_each_hierarchy_read_only_on_a_tmpfs():
+    steps = plan(cgroupns=True)
+    assert steps[0] == cgroups.MountStep("mount", "/sys/fs/cgroup", "tmpfs", "tmpfs", 0xE, "mode=755")  # rw, as runc
+    mounts = [(s.target, s.source, s.fstype, s.flags, s.data) for s in steps[1:] if s.kind == "mount"]
+    assert mounts == [("/sys/fs/cgroup/cpu,cpuacct", "cgroup", "cgroup", 0xF, "cpu,cpuacct"),
+                      ("/sys/fs/cgroup/memory", "cgroup", "cgroup", 0xF, "memory"),
+                      ("/sys/fs/cgroup/pids", "cgroup", "cgroup", 0xF, "pids"),
+                      ("/sys/fs/cgroup/systemd", "systemd", "cgroup", 0xF, "name=systemd")]
+    # not the hybrid unified tree (cgroup2), not the second mount of memory, not freezer (not mounted)
+    links = [(s.target, s.source) for s in steps if s.kind == "symlink"]
+    assert links == [("/sys/fs/cgroup/cpu", "cpu,cpuacct"), ("/sys/fs/cgroup/cpuacct", "cpu,cpuacct")]
+
+
+def test_v1_plan_without_a_cgroup_namespace_binds_the_containers_own_groups():
+    steps = [s for s in plan(cgroupns=False) if s.kind == "bind"]
+    assert [(s.target, s.source) for s in steps] == [
+        ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/labkit/c1"),
+        ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/me/labkit/c1"),
+        ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/labkit/c1"),  # relative to the mount's root /machine
+        ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/user.slice")]
+    assert all(s.flags & 0x1 for s in steps)  # ro: applied by the remount after the bind
+
+
+def test_v1_plan_read_write_unless_ro():
+    steps = plan(cgroupns=True, options=["nosuid", "noexec", "nodev"])
+    assert all(not s.flags & 0x1 for s in steps if s.kind == "mount")
+
+
+def test_v2_plan_is_one_cgroup2_mount_with_a_bind_to_fall_back_on():
+    (step,) = plan(version=2, cgroupns=True, options=RO, v2_dir="/sys/fs/cgroup/labkit/c1")
+    assert (step.kind, step.source, step.fstype, step.flags & 0x1) == ("mount", "cgroup", "cgroup2", 1)
+    assert step.fallback == cgroups.MountStep("bind", "/sys/fs/cgroup", "/sys/fs/cgroup/labkit/c1", flags=step.flags)
+    (step,) = plan(version=2, cgroupns=False, options=RO, v2_dir="/sys/fs/cgroup/labkit/c1")
+    assert step.fallback.source == "/sys/fs/cgroup"  # without a namespace: the whole tree, as runc

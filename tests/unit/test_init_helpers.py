@@ -1,30 +1,31 @@
-"""The container init's pure helpers: its option parsing, HOME lookup and program lookup."""
+"""The container init's pure helpers (HOME lookup, program lookup) and the monitor's option parsing."""
 import os
 
 import pytest
 
+from labkit import monitor
 from labkit.runtime import init
 
 
 def test_parse_args_both_forms():
-    opts = init.parse_args(["--id", "c1", "--bundle=/b", "--state-dir", "/s", "--ready-fd", "7"])
-    assert opts == {"--id": "c1", "--bundle": "/b", "--state-dir": "/s", "--ready-fd": "7"}
+    opts = monitor.parse_args(["--id", "c1", "--bundle=/b", "--root", "/s", "--ready-fd", "7"])
+    assert opts == {"--id": "c1", "--bundle": "/b", "--root": "/s", "--ready-fd": "7"}
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--id", "c1"], "required: --bundle, --state-dir, --ready-fd"),
-    (["--id", "c1", "--bundle", "/b", "--state-dir", "/s", "--ready-fd", "x"], "invalid int value"),
+    (["--id", "c1"], "required: --bundle, --root, --ready-fd"),
+    (["--id", "c1", "--bundle", "/b", "--root", "/s", "--ready-fd", "x"], "invalid int value"),
     (["--id"], "expected one argument"),
     (["--nope", "1"], "unrecognized argument"),
 ])
 def test_parse_args_errors(argv, message):
     with pytest.raises(ValueError, match=message):
-        init.parse_args(argv)
+        monitor.parse_args(argv)
 
 
 def test_main_reports_usage_errors_like_argparse(capsys):
-    assert init.main(["--id", "c1"]) == 2
-    assert "usage: python -m labkit.runtime.init" in capsys.readouterr().err
+    assert monitor.main(["--id", "c1"]) == 2
+    assert "usage: python -m labkit.monitor" in capsys.readouterr().err
 
 
 def test_home_of_reads_passwd_and_defaults_to_slash(tmp_path):
@@ -45,13 +46,13 @@ def test_look_path_like_execvp(tmp_path):
     env = {"PATH": f"{other}:{bin_dir}"}
     assert init.look_path("tool", env) == str(bin_dir / "tool")  # skips the non-executable one
     assert init.look_path(str(bin_dir / "tool"), env) == str(bin_dir / "tool")
-    with pytest.raises(init.NotExecutable, match="not found in [$]PATH") as info:
+    with pytest.raises(init.ExecError, match="not found in [$]PATH") as info:
         init.look_path("missing", env)
     assert info.value.exit_code == 127
-    with pytest.raises(init.NotExecutable, match="(?i)no such file") as info:
+    with pytest.raises(init.ExecError, match="(?i)no such file") as info:
         init.look_path(str(tmp_path / "nope"), env)
     assert info.value.exit_code == 127
     for path in (other / "tool", bin_dir):  # a file without x bits, a directory
-        with pytest.raises(init.NotExecutable, match="permission denied") as info:
+        with pytest.raises(init.ExecError, match="permission denied") as info:
             init.look_path(str(path), env)
         assert info.value.exit_code == 126

@@ -2,6 +2,9 @@
 (compiled, never loaded: no root needed)."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from labkit import capabilities, seccomp
@@ -67,3 +70,48 @@ def test_libseccomp_compiles_names_and_leaves_out_unknown_ones():
     assert 'syscall "mkdir"' in code and "no_such_call" not in code and "ERRNO(1)" in code
     with pytest.raises(seccomp.SeccompError, match="SCMP_ARCH_VAX"):
         seccomp.compile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]})
+
+
+# podman's default profile lists x86_64, x86 and x32, and has three overlapping `socket` rules.
+PODMAN_PROFILE = "/usr/share/containers/seccomp.json"  # containers-common, which skopeo brings
+PODMAN_DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",  # containers.conf
+                       "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID",
+                       "CAP_SYS_CHROOT")
+X86_ALL = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+SOCKET_RULES = [  # podman's, without CAP_AUDIT_WRITE: NETLINK_AUDIT sockets fail with EINVAL
+    {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+     "args": [{"index": 0, "value": 16, "op": "SCMP_CMP_EQ"}, {"index": 2, "value": 9, "op": "SCMP_CMP_EQ"}]},
+    {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 2, "value": 9, "op": "SCMP_CMP_NE"}]},
+    {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 16, "op": "SCMP_CMP_NE"}]},
+]
+
+
+def test_calls_only_other_arches_have_reach_them_as_in_runc():
+    """mmap2 and socketcall exist on x86, not x86_64: libseccomp gives them pseudo numbers, which
+    runc passes on. x86's socket rules become socketcall(a0 == SYS_SOCKET, ...) rules too, which
+    the unconditional socketcall rule before them covers; without it they would collide."""
+    code = seccomp.pseudo_code({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "architectures": X86_ALL,
+                                "syscalls": [{"names": ["socketcall", "mmap2", "read"], "action": "SCMP_ACT_ALLOW"},
+                                             *SOCKET_RULES]})
+    x86 = code.split("# filter for arch x86 ")[1].split("# filter for arch")[0]
+    for line in ('syscall "mmap2" (192)', 'syscall "socketcall" (102)', 'syscall "socket" (359)', "ERRNO(22)"):
+        assert line in x86, code
+    assert "# filter for arch x32" in code and 'syscall "socket" (1073741865)' in code  # 41 | the x32 bit
+
+
+def test_rules_that_collide_on_one_arch_are_refused_as_runc_refuses_them():
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "architectures": X86_ALL, "syscalls": SOCKET_RULES}
+    with pytest.raises(seccomp.SeccompError, match=r"syscalls\[2\] \(socket, SCMP_ACT_ALLOW\).*EEXIST"):
+        seccomp.compile(profile)
+    seccomp.release(seccomp.compile({**profile, "architectures": ["SCMP_ARCH_X86_64"]}))  # one arch: no collision
+
+
+@pytest.mark.skipif(not os.path.exists(PODMAN_PROFILE), reason=f"no {PODMAN_PROFILE} (apt-get install skopeo)")
+@pytest.mark.parametrize("caps", [PODMAN_DEFAULT_CAPS, capabilities.DOCKER_DEFAULT], ids=["podman-caps", "docker-caps"])
+def test_podmans_default_profile_compiles_for_all_its_arches(caps):
+    with open(PODMAN_PROFILE) as f:
+        oci = seccomp.from_docker_profile(json.load(f), caps, machine="x86_64", kernel="6.1.0")
+    assert oci["architectures"] == X86_ALL
+    code = seccomp.pseudo_code(oci)  # compiled, never loaded
+    assert "# filter for arch x32" in code and 'syscall "mmap2" (192)' in code and 'syscall "_llseek"' in code
+    assert ("ERRNO(22)" in code) == ("CAP_AUDIT_WRITE" not in caps)

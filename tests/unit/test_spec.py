@@ -46,7 +46,6 @@ def test_save_and_load(tmp_path):
     (lambda s: s.linux.namespaces.append(Namespace("user")), "uidMappings"),
     (lambda s: setattr(s.linux, "uidMappings", [IDMapping(0, 1000, 1)]), "need a user namespace"),
     (lambda s: setattr(s.mounts[0], "destination", "proc"), "must be absolute"),
-    (lambda s: setattr(s.process, "terminal", True), "terminal"),
 ])
 def test_bad_specs_are_refused_with_a_reason(tmp_path, edit, message):
     (tmp_path / "rootfs").mkdir()
