@@ -6,6 +6,8 @@
 #                           LAB_VM_TESTS=1 also the cgroup v2 run in the Vagrant VM
 #                           (~20 min; LAB_VM_TESTS=0 skips it)
 #   ./lab.sh setup          set up only (apt packages, .venv, pip install -e .[all])
+#   ./lab.sh packages       print the Debian packages set-up installs (the CI box has them built in)
+#   ./lab.sh venv           only .venv (LAB_VENV=DIR elsewhere; LAB_WHEELS=DIR: offline, from wheels)
 # Each step is idempotent: a second run checks and skips in seconds.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -15,7 +17,10 @@ PY=${LAB_PYTHON:-/usr/bin/python3}
 APT_PACKAGES=(python3 python3-venv python3-dev gcc busybox-static runc crun iproute2 nftables
               util-linux kmod procps ca-certificates
               libseccomp2  # labkit.seccomp compiles linux.seccomp with it, as runc and crun do
-              docker-registry skopeo openssl)  # chapter 05 / labkit.registry: a loopback registry and a peer
+              docker-registry skopeo openssl  # chapter 05 / labkit.registry: a loopback registry and a peer
+              # peers the tests compare labkit with: engines that drive labkit-runc, image tools
+              podman containerd umoci buildah oci-image-tool)
+DISABLED_SERVICES=(docker-registry containerd)  # the lab runs its own, on loopback or a private socket
 
 say() { printf '\033[1m[lab]\033[0m %s\n' "$*" >&2; }
 
@@ -35,11 +40,15 @@ install_apt() {
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
-      # the package starts a registry on :5000 (all interfaces); the lab runs its own on loopback
-      systemctl disable --now docker-registry >/dev/null 2>&1 || true
-    fi
+    disable_services
   fi
+}
+
+disable_services() {
+  # docker-registry's package starts a registry on :5000 (all interfaces) and containerd's a
+  # daemon on the machine's socket; the lab's tests start their own, privately.
+  command -v systemctl >/dev/null || return 0
+  systemctl disable --now "${DISABLED_SERVICES[@]}" >/dev/null 2>&1 || true
 }
 
 install_venv() {
@@ -48,8 +57,12 @@ install_venv() {
   want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing labkit and its Python dependencies into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e ".[all]"
+    if [ -n "${LAB_WHEELS:-}" ]; then  # offline, from a wheel directory (the CI box is built so)
+      "$VENV/bin/pip" install -q --no-index --find-links "$LAB_WHEELS" -e ".[all]"
+    else
+      "$VENV/bin/pip" install -q --upgrade pip
+      "$VENV/bin/pip" install -q -e ".[all]"
+    fi
     echo "$want" > "$stamp"
   fi
   # Byte-compile labkit: every container start runs a fresh interpreter (the shim), and
@@ -101,7 +114,9 @@ test_all() {
 
 case "${1:-}" in
   setup) shift; setup "$@" ;;
+  packages) echo "${APT_PACKAGES[*]}" ;;
+  venv) shift; need_root venv; install_venv ;;
   start) shift; start "$@" ;;
   test) shift; test_all "$@" ;;
-  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -77,7 +77,7 @@ def marks(events: list[tuple[int, float, str]]) -> dict[str, float]:
                 return p, t
         raise LookupError(pattern)
     t0 = events[0][1]
-    shim, shim_exec = first(r'^execve\(.*"labkit\.runtime\.init"', t0)
+    shim, shim_exec = first(r'^execve\(.*"labkit\.monitor"', t0)
     _, stage1 = first(r"^(clone3?|v?fork)\(", shim_exec, shim)
     _, unshare = first(r"^unshare\(", stage1)
     _, mount = first(r"^mount\(", unshare)
@@ -120,7 +120,7 @@ def wall_ms(argv: list[str], runs: int, env: dict[str, str]) -> tuple[float, flo
 def slowest_imports(runs: int, env: dict[str, str], top: int = 15) -> list[tuple[str, float, float]]:
     cumulative, own = collections.defaultdict(list), collections.defaultdict(list)
     for _ in range(runs):
-        err = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "import labkit.runtime.init"],
+        err = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "import labkit.monitor"],
                              env=env, capture_output=True, text=True, check=True).stderr
         for line in err.splitlines():
             parts = line.removeprefix("import time:").split("|")
@@ -175,8 +175,8 @@ def main() -> int:
         print(f"\nInterpreter start and imports ({args.runs} runs, ms)  {'median':>7} {'min':>7}")
         for label, argv in [
             ("python -S -c pass (the shim's bare interpreter)", [py, "-S", "-c", "pass"]),
-            ("python -S -c 'import labkit.runtime.init' (the shim's imports)",
-             [py, "-S", "-c", "import labkit.runtime.init"]),
+            ("python -S -c 'import labkit.monitor' (the monitor's imports)",
+             [py, "-S", "-c", "import labkit.monitor"]),
             ("python -c pass (with site: the CLI's interpreter, editable finder)", [py, "-c", "pass"]),
             ("python -c 'import labkit.cli' (the CLI's imports)", [py, "-c", "import labkit.cli"]),
             ("labkit --help (console script, argparse)", [labkit_cli, "--help"]),

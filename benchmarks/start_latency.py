@@ -16,9 +16,9 @@ The rows run interleaved, in a new random order every round, so a busy
 machine slows them all alike. Reported: median, p10 and p90 (ms), ratios of
 the medians against runc and crun, and the peak RSS of the start path, from
 separate runs under GNU time (`/usr/bin/time -f %M`, the "Maximum resident set
-size" of `time -v`): the largest single process of the tree — CLI, shim,
+size" of `time -v`): the largest single process of the tree — CLI, monitor,
 container init; runc and `runc init` — not their sum. For the warm API it is
-the shim's VmHWM (the caller is already running; its own size is listed apart).
+the monitor's VmHWM (the caller is already running; its own size is listed apart).
 
 crun and the cgroup v1 "hybrid" layout: crun refuses a host where cgroup v1
 controllers and an empty cgroup2 mount (/sys/fs/cgroup/unified) coexist. On
@@ -335,7 +335,7 @@ def api_peak_rss_kb(bundle: str) -> dict[str, int]:
     """Peak RSS (VmHWM) of the warm API's two processes, from a fresh Python.
 
     The caller is a Python that imported labkit and created a container; the
-    shim is `python -S -m labkit.runtime.init`, read while the container runs
+    monitor is `python -S -m labkit.monitor`, read while the container runs
     (its imports and set-up are done by then; only waiting is left).
     """
     code = """if True:
@@ -346,7 +346,7 @@ def api_peak_rss_kb(bundle: str) -> dict[str, int]:
                 return int(next(l.split()[1] for l in f if l.startswith("VmHWM:")))
         runtime.create("rss-probe", sys.argv[1])
         try:
-            shim = runtime.state("rss-probe").shim_pid
+            shim = runtime.state("rss-probe").monitor_pid
             print(json.dumps({"labkit API (warm)": hwm(shim), "API caller": hwm("self")}))
         finally:
             runtime.delete("rss-probe", force=True)
@@ -403,7 +403,7 @@ def print_table(report: dict) -> None:
         print(line + (f" {rss / 1024:8.1f}MiB" if rss else f" {'-':>10}"))
     caller = rows.get("labkit API (warm)", {}).get("caller_rss_kb")
     if caller:
-        print(f"(warm API: peak RSS is the shim's; the calling Python itself: {caller / 1024:.1f}MiB)")
+        print(f"(warm API: peak RSS is the monitor's; the calling Python itself: {caller / 1024:.1f}MiB)")
     m = report["machine"]
     print(f"\n{m['runs']} runs per row (+{m['warmup']} warm-up), interleaved; kernel {m['kernel']}, "
           f"{m['cpus']} CPUs, cgroups {m['cgroup_layout']}, load {m['loadavg_before'][0]:.2f} -> "

@@ -35,7 +35,8 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 SYS_DEV_BLOCK = "/sys/dev/block"  # MAJ:MIN entries of the block devices that exist
 PARENT = "labkit"
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
-                  "hugetlb", "net_cls", "net_prio", "rdma")
+                  "hugetlb", "net_cls", "net_prio", "rdma",
+                  "name=systemd")  # a named hierarchy, no controller: joined too, as runc joins it
 V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 # Passed down labkit's own groups only where the host's root already enables them.
 V2_OPTIONAL = ("hugetlb", "rdma", "misc")

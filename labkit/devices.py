@@ -411,13 +411,16 @@ def _detach(dir_fd: int, prog_id: int) -> None:
 
 # --- both ---------------------------------------------------------------------------------------
 def apply(directory: str, version: int, devices: list[dict[str, Any]] | None) -> None:
-    """Apply OCI linux.resources.devices to the group at `directory` (v1: its devices hierarchy)."""
+    """Apply OCI linux.resources.devices, then runc's DEFAULT_ALLOWED, to the group at `directory`
+    (v1: its devices hierarchy)."""
     found = problems(devices)
     if found:
         raise DeviceRuleError("; ".join(found), "see the OCI runtime spec, config-linux.md, 'Allowed Device list'")
     if not devices:  # no rules: the group keeps what it inherited
         return
-    rules = parse(devices)
+    # As runc: its built-in allow-list always follows the spec's rules. podman and containerd
+    # write only "deny all" and count on it (a terminal needs /dev/ptmx and /dev/pts/*).
+    rules = parse(devices) + parse(DEFAULT_ALLOWED)
     if version == 2:
         apply_v2(directory, rules)
     else:

@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         log.write("error", str(err.what))
         print(f"labkit-runc: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. an unwritable --pid-file: the kernel's words, no traceback
+        log.write("error", str(err))
+        print(f"labkit-runc: {err}", file=sys.stderr)
+        return 1
 
 
 def _write_pid_file(path: str | None, pid: int) -> None:

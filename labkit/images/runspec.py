@@ -111,10 +111,10 @@ def to_spec(config: ImageConfig, read_file: ReadFile | None = None, args: list[s
     spec.process.capabilities = capabilities.oci_sets(capabilities.DOCKER_DEFAULT) if root else {
         "bounding": list(capabilities.DOCKER_DEFAULT)}
     spec.process.noNewPrivileges = False  # docker run's default
-    # Docker's device rules: deny every device, then allow the few a container needs (null,
-    # zero, tty, ptmx, ...). CAP_MKNOD alone would let root make a node for any host disk.
+    # Docker's device rules: deny every device; the runtime then allows the few a container needs
+    # (null, zero, tty, ptmx, ...). CAP_MKNOD alone would let root make a node for any host disk.
     assert spec.linux is not None
-    spec.linux.resources = {"devices": devices.default_rules()}
+    spec.linux.resources = {"devices": [dict(devices.DENY_ALL)]}  # the runtime appends the allow-list
     spec.annotations = annotations(config)
     return spec
 

@@ -44,7 +44,7 @@ import socket
 import stat
 from typing import Any, Callable
 
-from .. import capabilities, cgroups, namespaces, rootfs, seccomp, sysctl
+from .. import apparmor, capabilities, cgroups, namespaces, rootfs, seccomp, sysctl
 from .. import sys as lsys
 from ..errors import ContainerError, LabkitError, SpecError
 from . import store as st
@@ -58,10 +58,17 @@ class Channel:
         self.reader = sock.makefile("r")
 
     def send(self, kind: str, **fields: Any) -> None:
-        self.sock.sendall((json.dumps({"type": kind, **fields}) + "\n").encode())
+        try:
+            self.sock.sendall((json.dumps({"type": kind, **fields}) + "\n").encode())
+        except OSError as err:  # the other side died (EPIPE, ECONNRESET)
+            raise ContainerError(f"the container's init exited before it was told {kind!r}: {err.strerror}",
+                                 "it was killed, or failed: see its stderr above") from None
 
     def recv(self) -> dict[str, Any]:
-        line = self.reader.readline()
+        try:
+            line = self.reader.readline()
+        except OSError:  # ECONNRESET: it died with our last message unread
+            line = ""
         if not line:
             return {"type": "eof"}
         return json.loads(line)
@@ -298,6 +305,8 @@ def finalize_process(process: Any, syscall_filter: Any, last_cap: int, pdeathsig
     program = look_path(process.args[0], env)  # as the user: a bad program fails `create`
     reset_signals()
     close_fds_from(3 + preserve_fds)
+    if process.extra.get("apparmorProfile"):  # as runc, the last step but seccomp's
+        apparmor.apply_on_exec(process.extra["apparmorProfile"])
     if syscall_filter is not None and process.noNewPrivileges:
         seccomp.load(syscall_filter)  # as close to exec as it can be: few calls left to allow
     return program, env
@@ -583,15 +592,21 @@ class _Made:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _fork_container(spec: Spec, bundle: str, fifo: str, made: _Made, opts: CreateOptions) -> int:
+def fork_stage(stage: Callable[[Channel], None]) -> tuple[int, Channel]:
+    """Fork a child that runs `stage` (which never returns) on its end of a new socketpair;
+    the child's pid and our end of the channel."""
     ours, theirs = socket.socketpair()
-    chan = Channel(ours)
+    child = os.fork()
+    if child == 0:
+        ours.close()
+        stage(Channel(theirs))
+    theirs.close()
+    return child, Channel(ours)
+
+
+def _fork_container(spec: Spec, bundle: str, fifo: str, made: _Made, opts: CreateOptions) -> int:
+    first, chan = fork_stage(lambda theirs: stage1(spec, bundle, fifo, theirs, made.group, opts))
     try:
-        first = os.fork()
-        if first == 0:
-            ours.close()
-            stage1(spec, bundle, fifo, Channel(theirs), made.group, opts)
-        theirs.close()
         msg = chan.recv()
         if msg["type"] == "userns":
             try:
@@ -615,7 +630,7 @@ def _fork_container(spec: Spec, bundle: str, fifo: str, made: _Made, opts: Creat
             _raise(msg)
         return made.init_pid
     finally:
-        ours.close()
+        chan.sock.close()
 
 
 def _run_runtime_hooks(spec: Spec, bundle: str, pid: int, container_id: str, chan: Channel) -> None:

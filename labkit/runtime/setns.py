@@ -22,8 +22,8 @@ from .. import capabilities, cgroups, namespaces, seccomp
 from .. import sys as lsys
 from ..errors import ContainerError, SpecError
 from . import store as st
-from .init import (Channel, _error_fields, _raise, connect_console, exec_program, finalize_process, kill_and_wait,
-                   setup_terminal)
+from .init import (Channel, _error_fields, _raise, connect_console, exec_program, finalize_process, fork_stage,
+                   kill_and_wait, setup_terminal)
 from .spec import Process, Spec
 
 # The order runc's nsexec joins them in: user first (the others are then joined as its root),
@@ -51,14 +51,9 @@ def exec_in(container_id: str, process: Process, root: str | None = None, consol
                              "exec needs a running container: start or resume it first")
     spec = Spec.load(current.bundle)
     group = cgroups.Cgroup(**current.cgroup) if current.cgroup else None
-    ours, theirs = socket.socketpair()
-    chan = Channel(ours)
+    first, chan = fork_stage(lambda theirs: _join(current.pid, spec, process, group, theirs, console_socket,
+                                                  preserve_fds))
     try:
-        first = os.fork()
-        if first == 0:
-            ours.close()
-            _join(current.pid, spec, process, group, Channel(theirs), console_socket, preserve_fds)
-        theirs.close()
         msg = chan.recv()
         os.waitpid(first, 0)
         if msg["type"] != "pid":
@@ -73,7 +68,7 @@ def exec_in(container_id: str, process: Process, root: str | None = None, consol
             _raise(msg)
         return pid
     finally:
-        ours.close()
+        chan.sock.close()
 
 
 def _join(init_pid: int, spec: Spec, process: Process, group: cgroups.Cgroup | None, chan: Channel,
@@ -83,6 +78,9 @@ def _join(init_pid: int, spec: Spec, process: Process, group: cgroups.Cgroup | N
             group.add(os.getpid())
         console = connect_console(console_socket) if process.terminal else None
         linux = spec.linux
+        # Before joining the mount namespace: libseccomp and /proc are the host's, not the container's.
+        last_cap = capabilities.last_cap()
+        syscall_filter = seccomp.compile(linux.seccomp) if linux and linux.seccomp else None
         # Opened before joining any: once in the container's user or mount namespace, the
         # host's /proc/PID of the init may no longer be reachable.
         fds = [(t, os.open(f"/proc/{init_pid}/ns/{namespaces.proc_name(t)}", os.O_RDONLY | os.O_CLOEXEC))
@@ -92,7 +90,7 @@ def _join(init_pid: int, spec: Spec, process: Process, group: cgroups.Cgroup | N
             os.close(fd)
         child = os.fork()
         if child == 0:
-            _finish(spec, process, chan, console, preserve_fds)
+            _finish(spec, process, chan, console, preserve_fds, syscall_filter, last_cap)
         chan.send("pid", pid=child)
         os._exit(0)
     except BaseException as err:
@@ -100,7 +98,8 @@ def _join(init_pid: int, spec: Spec, process: Process, group: cgroups.Cgroup | N
         os._exit(1)
 
 
-def _finish(spec: Spec, process: Process, chan: Channel, console: socket.socket | None, preserve_fds: int) -> None:
+def _finish(spec: Spec, process: Process, chan: Channel, console: socket.socket | None, preserve_fds: int,
+            syscall_filter: Any, last_cap: int) -> None:
     try:
         if chan.recv().get("type") != "go":
             os._exit(1)
@@ -109,8 +108,6 @@ def _finish(spec: Spec, process: Process, chan: Channel, console: socket.socket 
         if linux and linux.namespace("user"):
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
-        last_cap = capabilities.last_cap()
-        syscall_filter = seccomp.compile(linux.seccomp) if linux and linux.seccomp else None
         if console is not None:
             setup_terminal(console, process)
         program, env = finalize_process(process, syscall_filter, last_cap, False, preserve_fds)

@@ -241,6 +241,10 @@ class Spec(_Model):
         if typed("linux.devices", "linux.maskedPaths", "linux.readonlyPaths", "linux.rootfsPropagation",
                  "linux.namespaces"):
             yield from rootfs.path_problems(linux.extra, linux.namespace("mount") is not None)
+        if typed("process.apparmorProfile") and self.process:
+            from .. import apparmor
+
+            yield from apparmor.problems(self.process.extra.get("apparmorProfile"))
         if typed("linux.resources") and linux.resources:  # every field applied here, or refused now
             from .. import cgroups
 
@@ -596,7 +600,6 @@ def _overlaps(path: str, section: str) -> bool:
 # labkit.seccomp.
 UNSUPPORTED: dict[str, str] = {
     "domainname": "setdomainname(2) is not called: the container would keep the host's domain name",
-    "process.apparmorProfile": "labkit has no AppArmor support: the profile would not confine anything",
     "process.selinuxLabel": "labkit has no SELinux support: the process would run unlabelled",
     "process.ioPriority": "ioprio_set(2) is not called",
     "process.scheduler": "sched_setattr(2) is not called",

@@ -216,6 +216,8 @@ def _cgroup_dirs():
     ("id maps", lambda s: _userns(s, host_id=4294967295)),
     ("a mount", lambda s: s.mounts.append(type(s.mounts[0])("/x", "nosuchfs", "none", []))),
     ("exec lookup", lambda s: setattr(s.process, "args", ["/no/such/program"])),
+    ("init killed mid-create", lambda s: s.extra.__setitem__("hooks", {"createRuntime": [  # SIGKILL from outside
+        {"path": "/bin/sh", "args": ["sh", "-c", 'kill -9 $(sed -n "s/.*\\"pid\\":\\([0-9]*\\).*/\\1/p")']}]})),
 ])
 def test_a_failed_create_leaves_nothing_whatever_the_step(make_bundle, runc_cli, step, edit):
     def full(spec):
@@ -223,6 +225,8 @@ def test_a_failed_create_leaves_nothing_whatever_the_step(make_bundle, runc_cli,
         edit(spec)
     r = runc_cli("create", "--bundle", make_bundle(["true"], edit=full), "failed", stdout=subprocess.DEVNULL)
     assert r.returncode == 1, step
+    if step == "init killed mid-create":  # the hook itself succeeded: the init died under us
+        assert "exited without reporting" in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(runc_cli.root, "failed"))
     leftovers = []
     for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):

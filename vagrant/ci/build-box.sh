@@ -10,6 +10,12 @@
 # a `vagrant` user (password "vagrant", passwordless sudo) whose
 # authorized_keys holds Vagrant's well-known insecure public key, shipped by
 # the Debian `vagrant` package (Vagrant replaces it on the first `vagrant up`).
+# And the lab's own set-up, done here at native speed rather than in the VM
+# under emulation, where it took ~10 minutes: the Debian packages
+# `lab.sh packages` names, and the Python environment `lab.sh venv` makes, at
+# /var/lib/container-lab/venv (the VM binds it over the repository's .venv),
+# from wheels built on this host. `lab.sh setup` in the VM then finds both
+# done and skips them.
 #
 # Two quirks of the CI host shape how the disk is made:
 #  * its kernel does not scan partition tables on loop devices (no loopXp1),
@@ -27,6 +33,10 @@
 set -euo pipefail
 
 out=${1:?usage: build-box.sh OUTPUT.box}
+REPO=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+# debootstrap resolves plain dependencies only: a virtual one is named here, as apt picks it
+# (podman's container-network-stack: containernetworking-plugins).
+LAB_PACKAGES=$("$REPO/lab.sh" packages | tr ' ' ','),containernetworking-plugins
 # The Debian mirrors this host's own apt uses (deb822 "URIs:" or one-line "deb URL").
 host_apt_uris() {
   cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
@@ -88,7 +98,7 @@ root=$work/mnt
 
 log "debootstrap $LAB_BOX_SUITE from $LAB_BOX_MIRROR"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,kmod,ifupdown,isc-dhcp-client,iproute2,netbase,procps,iputils-ping,dbus,linux-image-amd64,openssh-server,sudo,rsync,ca-certificates,curl,less,zstd \
+    --include=systemd-sysv,udev,kmod,ifupdown,isc-dhcp-client,iproute2,netbase,procps,iputils-ping,dbus,linux-image-amd64,openssh-server,sudo,rsync,ca-certificates,curl,less,zstd,"$LAB_PACKAGES" \
     "$LAB_BOX_SUITE" "$root" "$LAB_BOX_MIRROR" > "$work/debootstrap.log" 2>&1 \
     || { tail -40 "$work/debootstrap.log" >&2; [ -f "$root/debootstrap/debootstrap.log" ] && tail -40 "$root/debootstrap/debootstrap.log" >&2; exit 1; }
 log "debootstrap done"
@@ -173,6 +183,29 @@ core_sectors=$(( ($(stat -c %s "$work/core.img") + 511) / 512 ))
 [ "$core_sectors" -lt "$((start_sector - 1))" ] || { echo "core.img too large ($core_sectors sectors)" >&2; exit 1; }
 dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
 dd if="$work/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
+
+# The lab's Python environment, from wheels built here (the chroot needs no network).
+log "the lab's Python environment"
+wheels=$work/wheels
+# setuptools: the editable install builds labkit in the chroot (pyproject.toml's build-system).
+"$REPO/.venv/bin/pip" wheel -q --wheel-dir "$wheels" "$REPO[all]" "setuptools>=61" wheel > "$work/wheels.log" 2>&1 \
+    || { tail -20 "$work/wheels.log" >&2; exit 1; }
+src=$root/home/vagrant/container-lab
+install -d "$src" "$root/var/cache/labkit-wheels"
+cp -a "$REPO/lab.sh" "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/labkit" "$src/"
+cp "$wheels"/*.whl "$root/var/cache/labkit-wheels/"
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    LAB_VENV=/var/lib/container-lab/venv LAB_WHEELS=/var/cache/labkit-wheels \
+    /home/vagrant/container-lab/lab.sh venv > "$work/venv.log" 2>&1 || { tail -20 "$work/venv.log" >&2; exit 1; }
+umount -R "$root/dev"
+umount "$root/proc"
+rm -rf "$src" "$root/var/cache/labkit-wheels"   # the VM gets the repository by rsync
+install -d -o 1000 -g 1000 "$src"
+# Their services stay off, as lab.sh leaves them: the tests start their own, privately.
+chroot "$root" systemctl disable docker-registry containerd > /dev/null 2>&1 || true
+log "lab packages and Python environment done"
 
 # Slim down: the VM runs `apt-get update` itself.
 chroot "$root" apt-get clean

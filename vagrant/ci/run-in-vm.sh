@@ -312,7 +312,8 @@ fi
 
 # ---------------------------------------------------------------------------
 stage "box (build or reuse)"
-BOX_HASH=$(sha256sum "$HERE/build-box.sh" | cut -c1-12)
+# The box holds the lab's packages and Python environment: a new list or pyproject, a new box.
+BOX_HASH=$({ cat "$HERE/build-box.sh" "$REPO/pyproject.toml"; "$REPO/lab.sh" packages; } | sha256sum | cut -c1-12)
 BOX_NAME=labkit-ci/debian12-$BOX_HASH
 BOX_FILE=$CACHE/boxes/labkit-debian12-$BOX_HASH.box
 mkdir -p "$CACHE/boxes"
