@@ -37,14 +37,14 @@ sys.path.insert(0, REPO)
 
 TRACED = "execve,clone,clone3,vfork,fork,unshare,mount,pivot_root,exit_group,getppid"
 PHASES = [  # (mark, label of the step that ends at this mark)
-    ("shim_exec", "caller: start-up/imports (CLI) + create() until the shim is exec'd"),
-    ("stage1_fork", "shim: interpreter start, imports, spec load, cgroup, fork"),
+    ("shim_exec", "API: create() until the monitor is exec'd (CLI: 0, it is its own)"),
+    ("stage1_fork", "monitor / CLI: interpreter start, imports, spec load, cgroup, fork"),
     ("unshare", "stage 1: join/unshare namespaces"),
     ("first_mount", "fork of the container init, handshake, setsid"),
     ("pivot", "mounts (proc, dev, devpts, shm, mqueue, sys) + /dev nodes"),
     ("exec_true", "pivot_root .. exec: hostname, user, state.json, start, exec"),
     ("true_exit", "/bin/true runs"),
-    ("shim_exit", "shim: reap, exit.json, exit"),
+    ("shim_exit", "monitor: reap, exit.json, exit (CLI: reap, delete, exit)"),
     ("end", "caller: wait, delete, exit (CLI) / return (API)"),
 ]
 API_CODE = """if True:
@@ -77,7 +77,10 @@ def marks(events: list[tuple[int, float, str]]) -> dict[str, float]:
                 return p, t
         raise LookupError(pattern)
     t0 = events[0][1]
-    shim, shim_exec = first(r'^execve\(.*"labkit\.monitor"', t0)
+    try:  # the warm API starts labkit's monitor, which forks the container
+        shim, shim_exec = first(r'^execve\(.*"labkit\.monitor"', t0)
+    except LookupError:  # the cold CLI forks it itself (runc's process model): no second Python
+        shim, shim_exec = events[0][0], t0
     _, stage1 = first(r"^(clone3?|v?fork)\(", shim_exec, shim)
     _, unshare = first(r"^unshare\(", stage1)
     _, mount = first(r"^mount\(", unshare)
