@@ -156,6 +156,29 @@ DEV_SCRIPT = "for f in $(find /dev | sort); do stat -c '%n %A %u:%g %t,%T' $f; d
 
 @pytest.mark.peer
 @needs_runc
+def test_device_access_on_runc_specs_bundle_is_runcs(runc, labkit_root, runc_spec_bundle, loop_device):
+    """runc spec's deny-all plus each runtime's default allow-list: with CAP_MKNOD, the container
+    may make a node for a host block device (the list allows mknod of any) but not read it; the
+    allowed character devices work. The same answers from both runtimes."""
+    loop, major, minor = loop_device
+    with open(loop, "wb") as f:
+        f.write(b"host secret\n")
+    script = (f"mknod /dev/lkdisk b {major} {minor} && echo made; head -c 11 /dev/lkdisk; echo \" read=$?\"; "
+              "head -c 4 /dev/zero | wc -c; echo null > /dev/null && echo null-ok; "
+              "mknod /dev/lkmem c 1 1 && head -c 1 /dev/lkmem; echo \" mem=$?\"")
+
+    def edit(config):
+        for key in ("bounding", "effective", "permitted"):
+            config["process"]["capabilities"][key].append("CAP_MKNOD")
+    out = run_both(runc, labkit_root, runc_spec_bundle(sh(script), edit))
+    assert out["labkit"] == out["runc"], out
+    lines = out["labkit"][1].split("\n")
+    assert lines[0] == "made" and "read=1" in lines[1] and lines[2] == "4" and lines[3] == "null-ok", out
+    assert "host secret" not in out["labkit"][1] and "Operation not permitted" in out["labkit"][2]
+
+
+@pytest.mark.peer
+@needs_runc
 @pytest.mark.parametrize("userns", [False, True], ids=["mknod", "userns-bind"])
 def test_devices_are_made_like_runc(runc, labkit_root, bundle, loop_device, userns):
     loop, major, minor = loop_device
