@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -287,4 +286,3 @@ def test_the_session_keyring_is_the_containers_own(make_bundle, runc_cli):
     assert own.returncode == 0 and "keyed:" in own.stdout  # a session keyring named after the id
     kept = runc_cli("run", "--no-new-keyring", "--bundle", bundle, "keyed")
     assert "keyed:" not in kept.stdout
-    time.sleep(0)
