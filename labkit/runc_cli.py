@@ -289,8 +289,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     _write_pid_file(args.pid_file, pid)
     if args.detach:
         return 0
-    forward = lambda signum, frame: os.kill(pid, signum)  # noqa: E731
-    init._install(forward)
+    init.forward_signals(pid)
     return init.reap(pid)
 
 

@@ -747,8 +747,7 @@ def run_attached(container_id: str, bundle: str, root: str | None = None,
     lsys.set_child_subreaper()  # the init, and any orphan of the container, come back to us
     opts = dataclasses.replace(opts or CreateOptions(), reaper=True)
     pid = create_container(container_id, bundle, root, opts)
-    forward = lambda signum, frame: os.kill(pid, signum)  # noqa: E731 - a one-line handler
-    previous = _install(forward)
+    previous = forward_signals(pid)
     try:
         start(container_id, root)
         code = reap(pid)
@@ -763,12 +762,16 @@ def run_attached(container_id: str, bundle: str, root: str | None = None,
     return code
 
 
-def _install(handler: Any) -> dict[int, Any]:
-    """`handler` for every forwarded signal that Python may catch; the previous handlers."""
+def forward_signals(pid: int) -> dict[int, Any]:
+    """Pass every signal this process may catch on to `pid` (as `runc run` and `runc exec` do
+    for the container's process); the previous handlers, to put back."""
+    def forward(signum: int, frame: Any) -> None:
+        os.kill(pid, signum)
+
     previous = {}
     for sig in FORWARDED:
         try:
-            previous[sig] = signal.signal(sig, handler)
+            previous[sig] = signal.signal(sig, forward)
         except (OSError, ValueError):  # numbers glibc keeps for itself
             pass
     return previous

@@ -198,13 +198,14 @@ def test_a_failing_create_hook_fails_create_and_leaves_nothing(make_bundle, runc
                  stdout=subprocess.DEVNULL)
     assert r.returncode == 1 and "createRuntime" in r.stderr and "no" in r.stderr
     assert runc_cli("list", "-q").stdout.strip() == ""
-    assert not [p for p in _cgroup_dirs() if "labkit-hooktest" in p]
+    assert _cgroup_dirs("labkit-hooktest") == []
 
 
-def _cgroup_dirs():
+def _cgroup_dirs(prefix: str) -> list[str]:
+    """Every cgroup directory named prefix* in any hierarchy (a few levels deep)."""
     found = []
     for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("labkit-hooktest")]
+        found += [os.path.join(dirpath, d) for d in dirnames if d.startswith(prefix)]
         if dirpath.count("/") > 8:
             dirnames[:] = []
     return found
@@ -227,12 +228,7 @@ def test_a_failed_create_leaves_nothing_whatever_the_step(make_bundle, runc_cli,
     if step == "init killed mid-create":  # the hook succeeded: the init died under us, said plainly
         assert "init exited" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(runc_cli.root, "failed"))
-    leftovers = []
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        leftovers += [d for d in dirnames if d.startswith("labkit-failtest")]
-        if dirpath.count("/") > 8:
-            dirnames[:] = []
-    assert leftovers == [], step
+    assert _cgroup_dirs("labkit-failtest") == [], step
 
 
 def _userns(spec, host_id):
