@@ -14,20 +14,12 @@ from .runtime.spec import Spec, default_spec
 
 # --- labkit -----------------------------------------------------------------------------
 def _bundle_for(args: argparse.Namespace) -> tuple[str, str | None]:
-    """A bundle dir for `args.target`: itself if it has config.json and nothing is changed,
-    else a temp one (around the bundle's rootfs, a rootfs directory or an image); and the
-    temp directory to remove afterwards, if any."""
-    target = os.path.abspath(args.target)
+    """`labkit run DIR`: a bundle for a bundle or rootfs directory (images go to the engine):
+    the bundle itself if nothing is changed, else a temp one; and the temp dir to remove."""
+    target = os.path.abspath(args.image)
     is_bundle = os.path.exists(os.path.join(target, "config.json"))
-    if not is_bundle and not os.path.isdir(target):
-        image = _image_bundle(args)
-        if image:
-            return image, os.path.dirname(image)
-        raise LabkitError(f"{args.target} is neither a bundle, a root filesystem directory nor an image in "
-                          f"{_store().root}",
-                          "pass a directory with config.json, a rootfs (see labkit.rootfs.build_busybox_rootfs), "
-                          "or an image name from `labkit images` (`labkit pull REF` first)")
-    changes = args.cmd or args.hostname or args.cap_add or args.cap_drop or args.privileged
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    changes = command or args.hostname or args.cap_add or args.cap_drop or args.privileged
     if is_bundle and not changes:
         return target, None
     if is_bundle:
@@ -35,8 +27,8 @@ def _bundle_for(args: argparse.Namespace) -> tuple[str, str | None]:
         spec.root.path = spec.rootfs_path(target)
     else:
         spec = default_spec(["sh"], rootfs=target, hostname="labkit")
-    if args.cmd:
-        spec.process.args = args.cmd
+    if command:
+        spec.process.args = command
     if args.hostname:
         spec.hostname = args.hostname
     _adjust_caps(spec, args)
@@ -44,6 +36,11 @@ def _bundle_for(args: argparse.Namespace) -> tuple[str, str | None]:
     bundle = tempfile.mkdtemp(prefix="labkit-bundle-")
     spec.save(bundle)
     return bundle, bundle
+
+
+def is_directory_target(image: str) -> bool:
+    """`labkit run PATH` with a rootfs or bundle directory, as `runc run` (no engine record)."""
+    return "/" in image and os.path.isdir(image)
 
 
 def _adjust_caps(spec: Spec, args: argparse.Namespace) -> None:
@@ -59,25 +56,6 @@ def _store():
     return default_store()
 
 
-def _image_bundle(args: argparse.Namespace) -> str | None:
-    """A temp bundle running the image `args.target` from the store (its overlay rootfs is
-    mounted inside the container's mount namespace, so deleting the bundle is all the cleanup)."""
-    from .images.bundle import create_bundle
-    from .images.image import open_image
-
-    store = _store()
-    if args.target not in store.tags():
-        return None
-    path = os.path.join(tempfile.mkdtemp(prefix="labkit-bundle-"), "bundle")
-    try:
-        create_bundle(open_image(store, args.target), path, args=args.cmd or None,
-                      hostname=args.hostname or "labkit", edit=lambda spec: _adjust_caps(spec, args))
-    except BaseException:
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        raise
-    return path
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
     from .registry.pull import pull
 
@@ -86,10 +64,32 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from .images.builtin import local_ref
     from .registry.push import push
 
-    print(push(_store(), args.source, args.reference, insecure=args.insecure_registry))
+    store = _store()
+    source = local_ref(store, args.source)  # `busybox` is built offline; `app:latest` finds `app`
+    print(push(store, source, args.reference, insecure=args.insecure_registry))
     return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    """`labkit registry start|stop|status`: docker-registry on 127.0.0.1, kept running until stopped."""
+    from .registry import service
+
+    if args.registry_command == "start":
+        state, started = service.start(args.port)
+        print(f"registry {'started' if started else 'already running'} on {state.address} "
+              f"(pid {state.pid}, storage {state.storage})\n"
+              f"  push with: labkit push NAME {state.address}/demo/app:1")
+        return 0
+    if args.registry_command == "stop":
+        stopped = service.stop()
+        print(f"registry stopped ({stopped.address}, pid {stopped.pid})" if stopped else "registry: not running")
+        return 0
+    state = service.status()
+    print(state)
+    return 0 if state.running else 1
 
 
 def cmd_images(args: argparse.Namespace) -> int:
@@ -108,10 +108,22 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Foreground, as `runc run`: this process creates the container (in-process, no monitor
-    to start), is its reaper, forwards signals to it, and returns its exit code."""
+    """`labkit run IMAGE …` is the engine's (labkit.cli_engine); `labkit run DIR …` runs a bundle or
+    rootfs directory in the foreground, as `runc run`: this process creates the container
+    (no monitor), is its reaper, forwards signals to it, and returns its exit code."""
+    if not is_directory_target(args.image):
+        from . import cli_engine
+
+        return cli_engine.run_image(args)
     from .runtime import init
 
+    unsupported = [flag for flag, on in (("-d", args.detach), ("--rm", False), ("-v", args.volume),
+                                         ("--mount", args.mount), ("-e", args.env), ("-t", args.tty),
+                                         ("--restart", args.restart != "no"), ("-m", args.memory)) if on]
+    if unsupported:
+        raise LabkitError(f"{', '.join(unsupported)}: not for a rootfs or bundle directory",
+                          "run an image for the engine's options (labkit run busybox …), or edit the "
+                          "bundle's config.json")
     bundle, temporary = _bundle_for(args)
     container_id = args.name or "run-" + os.urandom(6).hex()  # as random as uuid4().hex[:12]
     if not args.interactive:  # the container inherits our stdin: give it nothing to read
@@ -151,18 +163,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description="Container Lab: a container runtime built to learn from")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a command in a container made from a rootfs dir or a bundle")
-    run.add_argument("target", help="a root filesystem directory, a bundle with config.json, or an image name")
-    run.add_argument("--hostname")
-    run.add_argument("--name", help="container id (default: random)")
-    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
-    run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
-                     help="keep this capability too (e.g. NET_ADMIN; ALL for every one); repeatable")
-    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
-                     help="drop this capability (ALL for every one; applied before --cap-add); repeatable")
-    run.add_argument("--privileged", action="store_true", help="every capability (not a device or seccomp change yet)")
-    run.add_argument("cmd", nargs="*", help="-- CMD ARGS... (default: sh)")
-    run.set_defaults(func=cmd_run)
+    from . import cli_engine
+
+    cli_engine.add_verbs(sub)
+    sub.choices["run"].set_defaults(func=cmd_run)
     pull_ = sub.add_parser("pull", help="pull an image from a registry into labkit's image store")
     pull_.add_argument("reference", help="e.g. 127.0.0.1:5000/demo/hello:1.0")
     pull_.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: this host)")
@@ -185,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=cmd_doctor)
     reset = sub.add_parser("reset", help="remove every container, mount, netns, link, cgroup and rule of labkit's")
     reset.set_defaults(func=cmd_reset)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    if cmd:
-        args.cmd = cmd
+    reg = sub.add_parser("registry", help="a docker-registry on 127.0.0.1 for push and pull, until stopped")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    reg_start = reg_sub.add_parser("start", help="start it detached; its storage persists across stop/start")
+    reg_start.add_argument("--port", type=int, help="the port on 127.0.0.1 (default 5000)")
+    reg_sub.add_parser("stop", help="stop it (TERM, then KILL after 10 s)")
+    reg_sub.add_parser("status", help="running or stopped, and where (exit status 1 when stopped)")
+    reg.set_defaults(func=cmd_registry)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return _guarded(args.func, args)
 
 

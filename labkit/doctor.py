@@ -184,7 +184,7 @@ def _monitor_pids() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"labkit.monitor" in cmdline:
+        if b"labkit.monitor" in cmdline or b"labkit.engine.monitor" in cmdline:
             pids.append(int(entry))
     return pids
 
@@ -193,7 +193,9 @@ _REGISTRY_BINARIES = {b"docker-registry", b"registry"}
 
 
 def _registry_processes() -> list[tuple[int, str]]:
-    """docker-registry processes serving a config under a labkit path (labkit.registry.LocalRegistry)."""
+    """docker-registry processes serving a config under a labkit path: LocalRegistry's temp dirs,
+    and the one `labkit registry start` runs (labkit.registry.service)."""
+    ours = settings.registry_state() + os.sep  # `labkit registry start`'s, wherever the run root is
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -205,7 +207,7 @@ def _registry_processes() -> list[tuple[int, str]]:
             continue
         if argv and os.path.basename(argv[0]) in _REGISTRY_BINARIES:
             args = [a.decode(errors="replace") for a in argv[1:]]
-            config = next((a for a in args if _is_labkit_path(a)), None)
+            config = next((a for a in args if _is_labkit_path(a) or a.startswith(ours)), None)
             if config:
                 found.append((int(entry), config))
     return found

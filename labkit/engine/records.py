@@ -79,13 +79,18 @@ class ContainerConfig:
     open_stdin: bool = False
     resources: Resources = Resources()
     log_opts: Mapping[str, str] = field(default_factory=dict)
+    image_id: str = ""                          # the image's config digest at create (docker's .Image)
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    read_only: bool = False                     # --read-only: the root filesystem
 
     def __post_init__(self) -> None:
         # Freeze the mappings too, and accept lists from JSON/callers.
         set_ = object.__setattr__
         set_(self, "labels", MappingProxyType(dict(self.labels)))
         set_(self, "log_opts", MappingProxyType(dict(self.log_opts)))
-        for name in ("command", "env", "mounts"):
+        for name in ("command", "env", "mounts", "cap_add", "cap_drop"):
             set_(self, name, tuple(getattr(self, name)))
         if self.entrypoint is not None:
             set_(self, "entrypoint", tuple(self.entrypoint))
@@ -127,6 +132,8 @@ class ContainerState:
     finished_at: int | None = None
     restart_count: int = 0
     stopped_by_user: bool = False   # Docker's HasBeenManuallyStopped (unless-stopped)
+    monitor_pid: int = 0            # the engine monitor of the current start (0: none)
+    monitor_start: int | None = None  # its start time, so a reused pid is not taken for it
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -271,7 +278,7 @@ class Store:
             return ContainerState.from_json(json.load(f))
 
     # -- writing ---------------------------------------------------------
-    def create(self, config: ContainerConfig, name: str | None = None) -> ContainerRecord:
+    def create(self, config: ContainerConfig, name: str | None = None, cid: str | None = None) -> ContainerRecord:
         """Make a record in status created; Conflict if the name is taken."""
         wanted = _names.validate_name(name) if name else None
         with self._names_lock():
@@ -279,7 +286,7 @@ class Store:
             if wanted is not None and wanted in taken:
                 raise _names.name_conflict(wanted, taken[wanted])
             final = wanted or self._free_random_name(taken)
-            cid = _names.new_id()
+            cid = cid or _names.new_id()
             state = ContainerState(name=final)
             tmp = tempfile.mkdtemp(prefix=".new-", dir=self.root)
             try:

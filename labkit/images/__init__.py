@@ -12,6 +12,7 @@
     runspec     image config -> OCI runtime spec
     bundle      image -> OCI bundle whose rootfs is an overlay (mounted by the runtime)
     base        busybox image, rootfs tarballs, OCI layouts of other tools
+    builtin     `busybox` offline: open_image_or_builtin(store, ref) builds it on first use
     containerfile, build   the Containerfile subset and the builder with its cache
 """
 from .base import busybox_image, export_layout, import_layout, import_rootfs

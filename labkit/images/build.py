@@ -1,6 +1,7 @@
 """Build an image from a Containerfile: one layer per filesystem step, with a build cache.
 
-    FROM     start from an image in the store (or `scratch`)
+    FROM     start from an image in the store (or `scratch`; `busybox` is built
+             offline from the host's busybox-static when the store lacks it)
     RUN      run in a labkit container over the overlay of the layers so far;
              the container's upper dir — exactly what the command changed —
              becomes the new layer
@@ -34,10 +35,10 @@ from typing import Any, Callable
 from ..errors import LabkitError
 from . import changes as ch
 from . import containerfile as cf
-from . import overlay, runspec
+from . import builtin, overlay, runspec
 from .base import EPOCH, new_config
 from .bundle import image_file_reader
-from .image import Image, history_entry, open_image, write_image
+from .image import Image, history_entry, write_image
 from .layerdirs import LayerDirs, lookup
 from .layers import Layer, create_layer
 from .model import Descriptor, ImageConfig, RunConfig
@@ -165,7 +166,7 @@ class Builder:
         ref = cf.expand(instr.args, global_args).split()[0]
         if ref == "scratch":
             return _State(new_config(RunConfig(), self.created), [], chain("scratch"), {})
-        image = open_image(self.store, ref, instr.flag("platform"))
+        image = builtin.open_image_or_builtin(self.store, ref, instr.flag("platform"))  # busybox: offline
         config = ImageConfig.from_dict(json.loads(json.dumps(image.config.to_dict())))  # a deep copy
         config.history = list(config.history or [])
         return _State(config, list(image.layers), chain(image.digest), {})

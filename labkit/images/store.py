@@ -12,6 +12,8 @@ digests never change.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -66,7 +68,9 @@ class Store:
         if not os.path.exists(layout):
             self._atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
         if not os.path.exists(self._index_path):
-            self._write_index({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []})
+            with self._index_locked():  # re-checked: another process may have tagged meanwhile
+                if not os.path.exists(self._index_path):
+                    self._write_index({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []})
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -173,20 +177,34 @@ class Store:
     def _write_index(self, index: dict[str, Any]) -> None:
         self._atomic_write(self._index_path, json.dumps(index, indent=2).encode())
 
+    @contextlib.contextmanager
+    def _index_locked(self) -> Iterator[None]:
+        """Tagging reads, edits and rewrites index.json: one writer at a time, across processes
+        and threads, or two concurrent tags lose one. The lock is a flock on the layout
+        directory itself, so the layout gains no lock file."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def tag(self, name: str, descriptor: dict[str, Any]) -> None:
         """Point tag `name` at a manifest (or index) descriptor; tags move, digests don't."""
-        index = self.index()
-        manifests = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != name]
-        entry = dict(descriptor)
-        entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: name}
-        manifests.append(entry)
-        index["manifests"] = manifests
-        self._write_index(index)
+        with self._index_locked():
+            index = self.index()
+            manifests = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != name]
+            entry = dict(descriptor)
+            entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: name}
+            manifests.append(entry)
+            index["manifests"] = manifests
+            self._write_index(index)
 
     def untag(self, name: str) -> None:
-        index = self.index()
-        index["manifests"] = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != name]
-        self._write_index(index)
+        with self._index_locked():
+            index = self.index()
+            index["manifests"] = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != name]
+            self._write_index(index)
 
     def resolve(self, name: str) -> dict[str, Any]:
         """The descriptor a tag points at."""

@@ -7,7 +7,8 @@
 
 Modules: reference (names), transport (HTTP, insecure policy), auth (challenges,
 tokens, docker config), client (one method per API endpoint), platform (index
-selection), pull, push, progress, errors, local (docker-registry + token server).
+selection), pull, push, progress, errors, local (docker-registry + token server),
+service (`labkit registry start|stop|status`: one detached docker-registry on loopback).
 """
 from .auth import Challenge, Credentials, credentials_from_docker_config, parse_www_authenticate
 from .client import (ACCEPT, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Manifest, PingResult,

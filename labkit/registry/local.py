@@ -10,6 +10,9 @@
 
 Its storage and config live in a temp dir named labkit-registry-*, removed on
 stop; `labkit doctor --leaks` finds a registry process left running.
+`labkit registry start` (labkit.registry.service) runs the same binary with the
+same config (registry_config, spawn_registry, wait_answering), detached and
+persistent instead.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import threading
 import time
 import urllib.parse
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import LabkitError
 
@@ -73,6 +76,63 @@ def bcrypt_hash(password: str) -> str:
         return out.stdout.strip().split(":", 1)[1]
     raise LabkitError("cannot make a bcrypt hash for the registry's htpasswd file",
                       "install one of: `pip install bcrypt`, or `apt-get install apache2-utils` (htpasswd)")
+
+
+def registry_config(storage: str, port: int, log_level: str = "warn",
+                    auth: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A docker-registry config: filesystem storage at `storage`, plain HTTP on 127.0.0.1:`port`
+    only (never all interfaces), deletes allowed, optional `auth` section (htpasswd or token)."""
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": log_level, "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": storage}, "delete": {"enabled": True},
+                    "maintenance": {"uploadpurging": {"enabled": False}}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16),
+                 "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        "health": {"storagedriver": {"enabled": False}},
+    }
+    if auth:
+        config["auth"] = auth
+    return config
+
+
+def write_config(path: str, config: dict[str, Any]) -> None:
+    """Write a registry config (YAML is a superset of JSON, so it is written as JSON)."""
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def spawn_registry(binary: str, config_path: str, log_path: str) -> subprocess.Popen:
+    """`docker-registry serve CONFIG` in its own session (no signal from our terminal reaches
+    it), output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([binary, "serve", config_path], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
+def answers(port: int, timeout: float = 2.0) -> bool:
+    """Whether a registry answers GET /v2/ on 127.0.0.1:`port` (200, or 401 with auth)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", "/v2/")
+            return conn.getresponse().status in (200, 401)
+        finally:
+            conn.close()
+    except OSError:
+        return False
+
+
+def wait_answering(port: int, alive: Callable[[], bool], timeout: float) -> bool:
+    """Poll /v2/ until it answers (True), the process dies or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        if answers(port):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class LocalRegistry:
@@ -145,21 +205,13 @@ class LocalRegistry:
     def config(self) -> dict[str, Any]:
         """The registry's config (YAML is a superset of JSON, so it is written as JSON)."""
         assert self.root
-        config: dict[str, Any] = {
-            "version": 0.1,
-            "log": {"level": self.log_level, "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": self.storage}, "delete": {"enabled": True},
-                        "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"127.0.0.1:{self.port}", "secret": secrets.token_hex(16),
-                     "headers": {"X-Content-Type-Options": ["nosniff"]}},
-            "health": {"storagedriver": {"enabled": False}},
-        }
+        auth: dict[str, Any] | None = None
         if self.users:
-            config["auth"] = {"htpasswd": {"realm": "labkit-registry", "path": os.path.join(self.root, "htpasswd")}}
+            auth = {"htpasswd": {"realm": "labkit-registry", "path": os.path.join(self.root, "htpasswd")}}
         elif self.token:
-            config["auth"] = {"token": {"realm": self.token.realm, "service": self.token.service,
-                                        "issuer": self.token.issuer, "rootcertbundle": self.token.cert_path}}
-        return config
+            auth = {"token": {"realm": self.token.realm, "service": self.token.service,
+                              "issuer": self.token.issuer, "rootcertbundle": self.token.cert_path}}
+        return registry_config(self.storage, self.port or 0, self.log_level, auth)
 
     def start(self) -> "LocalRegistry":
         if self.running:
@@ -179,8 +231,7 @@ class LocalRegistry:
             for attempt in range(3):
                 if not fixed_port:
                     self.port = free_port()
-                with open(self.config_path, "w") as f:
-                    json.dump(self.config(), f, indent=2)
+                write_config(self.config_path, self.config())
                 if self._spawn():
                     atexit.register(self.stop)
                     return self
@@ -193,28 +244,13 @@ class LocalRegistry:
             raise
 
     def _spawn(self) -> bool:
-        log = open(os.path.join(self.root or "", "registry.log"), "ab")
-        try:
-            self.process = subprocess.Popen([self.binary, "serve", self.config_path], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            close_fds=True)
-        finally:
-            log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.process = None
-                return False
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/v2/")
-                status = conn.getresponse().status
-                conn.close()
-                if status in (200, 401):
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.05)
+        log = os.path.join(self.root or "", "registry.log")
+        self.process = process = spawn_registry(self.binary or "", self.config_path, log)
+        if wait_answering(self.port or 0, lambda: process.poll() is None, self.start_timeout):
+            return True
+        if process.poll() is not None:  # it exited: the caller reads the log
+            self.process = None
+            return False
         self._kill()
         return False
 

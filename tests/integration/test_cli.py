@@ -19,7 +19,7 @@ def run(*args, **kw):
 
 
 def test_labkit_run_rootfs_with_hostname(busybox_rootfs):
-    r = run("labkit", "run", busybox_rootfs, "--hostname", "box", "--", "sh", "-c", "hostname; echo $$; exit 3")
+    r = run("labkit", "run", "--hostname", "box", busybox_rootfs, "sh", "-c", "hostname; echo $$; exit 3")
     assert (r.returncode, r.stdout.split()) == (3, ["box", "1"])
 
 
@@ -29,24 +29,24 @@ def test_labkit_run_bundle(make_bundle):
 
 
 def test_labkit_run_missing_program_exits_127_like_docker(busybox_rootfs):
-    r = run("labkit", "run", busybox_rootfs, "--", "/no/such/program")
+    r = run("labkit", "run", busybox_rootfs, "/no/such/program")
     assert r.returncode == 127 and "no/such/program" in r.stderr
 
 
 def test_labkit_run_bad_target_says_what_to_do(tmp_path):
     r = run("labkit", "run", str(tmp_path / "nope"))
-    assert r.returncode == 1 and "neither a bundle, a root filesystem directory nor an image" in r.stderr and "hint:" in r.stderr
+    assert r.returncode == 125 and "nope" in r.stderr and "hint:" in r.stderr  # docker run: 125, the engine refused
 
 
 def test_labkit_run_cap_add_and_drop_like_docker(busybox_rootfs):
     script = "grep CapEff /proc/self/status; hostname changed && echo renamed"
-    plain = run("labkit", "run", busybox_rootfs, "--", "sh", "-c", script)
+    plain = run("labkit", "run", busybox_rootfs, "sh", "-c", script)
     assert plain.stdout.startswith("CapEff:\t0000000020000420\n") and "renamed" not in plain.stdout  # runc's three
-    added = run("labkit", "run", busybox_rootfs, "--cap-add", "sys_admin", "--cap-drop", "KILL", "--", "sh", "-c", script)
+    added = run("labkit", "run", "--cap-add", "sys_admin", "--cap-drop", "KILL", busybox_rootfs, "sh", "-c", script)
     assert added.stdout == "CapEff:\t0000000020200400\nrenamed\n", added
-    every = run("labkit", "run", busybox_rootfs, "--privileged", "--", "sh", "-c", script)
+    every = run("labkit", "run", "--privileged", busybox_rootfs, "sh", "-c", script)
     assert every.stdout.split("\n")[0] == f"CapEff:\t{capabilities.of_process()['bounding']:016x}"  # all root holds here
-    bad = run("labkit", "run", busybox_rootfs, "--cap-add", "FLY", "--", "true")
+    bad = run("labkit", "run", "--cap-add", "FLY", busybox_rootfs, "true")
     assert bad.returncode == 1 and "unknown capability 'FLY'" in bad.stderr and "hint:" in bad.stderr
 
 
@@ -143,10 +143,11 @@ def test_images_build_push_pull_and_run_like_docker(tmp_path, monkeypatch):
         assert pulled.returncode == 0, pulled.stderr
     listed = run("labkit", "images")
     assert listed.stdout.split("\n")[1].split()[0] == ref
-    ran = run("labkit", "run", ref)
+    ran = run("labkit", "run", "--rm", ref)
     assert (ran.returncode, ran.stdout) == (0, "built\n"), ran
-    as_root = run("labkit", "run", ref, "--", "grep", "CapEff", "/proc/self/status")
+    as_root = run("labkit", "run", "--rm", ref, "grep", "CapEff", "/proc/self/status")
     assert as_root.stdout == "CapEff:\t00000000a80425fb\n"  # Docker's 14 capabilities
     missing = run("labkit", "run", "127.0.0.1:1/not/pulled:1")
-    assert missing.returncode == 1 and "labkit images" in missing.stderr
+    assert missing.returncode == 125 and "Unable to find image" in missing.stderr and "pulling" in missing.stderr
+    assert run("labkit", "ps", "-aq").stdout == ""  # --rm removed both
     assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("labkit-bundle-")]  # all removed

@@ -1,0 +1,200 @@
+"""The engine as a Docker user drives it: `labkit run/ps/logs/exec/stop/rm/...` on the real kernel.
+
+Each test runs the CLI in a subprocess (the monitor must outlive it) against a data root
+of this module's; every container is removed afterwards, and the session's leak check
+proves no monitor, cgroup or mount is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from labkit.engine.containers import Engine
+from labkit.images import builtin
+from labkit.images.store import Store
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def data_root(lab_tmp):
+    path = os.path.join(lab_tmp, "engine-data")
+    os.makedirs(path, exist_ok=True)
+    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)  # once, quietly
+    return path
+
+
+@pytest.fixture(autouse=True)
+def engine_env(data_root, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA_ROOT", data_root)
+    yield
+    engine = Engine(data_root)
+    for rec in engine.list(all=True):
+        engine.remove(rec.id, force=True, remove_volumes=True)
+    for vol in engine.volumes.list():
+        engine.volumes.remove(vol.name, force=True)
+
+
+def lk(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["labkit", *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def inspect(ref: str, fmt: str) -> str:
+    r = lk("inspect", "--format", fmt, ref)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_run_attached_streams_both_streams_and_returns_the_exit_code():
+    r = lk("run", "--name", "att", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    assert inspect("att", "{{.State.Status}} {{.State.ExitCode}} {{.Name}}") == "exited 3 /att"
+    logs = lk("logs", "att")
+    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")  # the json-file log keeps each stream
+    assert "Exited (3)" in lk("ps", "-a").stdout
+
+
+def test_docker_exit_codes_for_what_cannot_run():
+    assert lk("run", "--rm", "busybox", "/no/such/program").returncode == 127
+    assert lk("run", "--rm", "busybox", "/etc/passwd").returncode == 126
+    bad = lk("run", "--restart", "sometimes", "busybox", "true")
+    assert bad.returncode == 125 and "restart policy" in bad.stderr
+    assert lk("ps", "-aq").stdout == ""
+
+
+def test_detached_container_lives_on_with_a_name_logs_exec_and_stop():
+    r = lk("run", "-d", "--name", "web", "busybox", "sh", "-c", "echo started; exec sleep 300")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert len(cid) == 64
+    assert inspect("web", "{{.State.Status}} {{.State.Running}}") == "running true"
+    assert inspect(cid[:12], "{{.Id}}") == cid  # a unique prefix finds it too
+    ps = lk("ps", "--format", "{{.Names}} {{.Status}}").stdout
+    assert ps.startswith("web Up ")
+    assert lk("exec", "web", "sh", "-c", "echo in-$(hostname); exit 4").stdout == f"in-{cid[:12]}\n"
+    assert lk("exec", "web", "sh", "-c", "exit 4").returncode == 4
+    assert lk("logs", "web").stdout == "started\n"
+    taken = lk("run", "-d", "--name", "web", "busybox", "true")
+    assert taken.returncode == 125 and "already in use" in taken.stderr
+    started = time.monotonic()
+    assert lk("stop", "-t", "1", "web").stdout == "web\n"  # sleep as PID 1 ignores TERM: KILL after 1 s
+    assert 1 <= time.monotonic() - started < 10
+    assert inspect("web", "{{.State.Status}} {{.State.ExitCode}}") == "exited 137"
+    assert lk("rm", "web").returncode == 0
+    assert lk("inspect", "web").returncode == 1
+
+
+def test_init_forwards_term_and_reaps_zombies():
+    lk("run", "-d", "--init", "--name", "inited", "busybox", "sh", "-c", "sleep 300 & wait")
+    args = inspect("inited", "{{json .Path}} {{json .Args}}")
+    assert args.startswith('"/sbin/docker-init" ["--", "sh"')
+    lk("stop", "-t", "20", "inited")
+    assert inspect("inited", "{{.State.ExitCode}}") == "143"  # TERM reached sh: 128 + 15, no KILL needed
+
+
+def test_restart_on_failure_counts_and_gives_up():
+    lk("run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox", "sh", "-c", "echo try; exit 1")
+    assert lk("wait", "flaky").returncode == 0
+    deadline = time.monotonic() + 30
+    while inspect("flaky", "{{.State.Status}}") != "exited" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert inspect("flaky", "{{.RestartCount}} {{.State.ExitCode}} {{.State.Status}}") == "3 1 exited"
+    assert lk("logs", "flaky").stdout == "try\n" * 4  # the first run and three restarts
+
+
+def test_stop_cancels_always_and_wait_returns_the_code():
+    lk("run", "-d", "--name", "always", "--restart", "always", "busybox", "sleep", "300")
+    waiter = subprocess.Popen(["labkit", "wait", "always"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # it blocks on the monitor's socket meanwhile
+    assert waiter.poll() is None
+    lk("kill", "always")  # SIGKILL (sleep as PID 1 would ignore TERM: no handler, and init)
+    assert waiter.communicate(timeout=30)[0] == "137\n"
+    assert inspect("always", "{{.State.Status}} {{.RestartCount}}") == "exited 0"  # kill is a user stop
+
+
+def test_pause_and_unpause_are_states():
+    lk("run", "-d", "--name", "frozen", "busybox", "sleep", "300")
+    assert lk("pause", "frozen").returncode == 0
+    assert inspect("frozen", "{{.State.Status}} {{.State.Paused}}") == "paused true"
+    assert "(Paused)" in lk("ps").stdout
+    refused = lk("exec", "frozen", "true")
+    assert refused.returncode != 0 and "paused" in refused.stderr
+    assert lk("unpause", "frozen").returncode == 0
+    assert inspect("frozen", "{{.State.Status}}") == "running"
+    assert lk("rm", "frozen").returncode == 1  # running: refused without -f
+    assert lk("rm", "-f", "frozen").returncode == 0
+
+
+def test_oom_killed_is_recorded():
+    r = lk("run", "--name", "hog", "-m", "16m", "--memory-swap", "16m", "busybox",
+           "sh", "-c", "head -c 64m /dev/zero | tail > /dev/null")
+    assert inspect("hog", "{{.State.OOMKilled}}") == "true", r
+
+
+def test_log_rotation_and_tail():
+    r = lk("run", "--name", "chatty", "--log-opt", "max-size=2k", "--log-opt", "max-file=2", "busybox",
+           "sh", "-c", "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done")
+    assert r.returncode == 0
+    data = Engine().get("chatty")
+    log = Engine().log_path(data)
+    assert os.path.exists(log + ".1") and not os.path.exists(log + ".2")
+    assert os.path.getsize(log) <= 2000
+    tail = lk("logs", "--tail", "2", "chatty").stdout
+    assert tail == "line-198\nline-199\n"
+    first = json.loads(open(log).readline())
+    assert set(first) == {"log", "stream", "time"} and first["stream"] == "stdout"
+
+
+def test_named_volume_outlives_the_container():
+    lk("run", "--rm", "-v", "notes:/data", "busybox", "sh", "-c", "echo kept > /data/file; echo lost > /tmp/file")
+    r = lk("run", "--rm", "-v", "notes:/data", "busybox", "sh", "-c", "cat /data/file; cat /tmp/file")
+    assert r.stdout == "kept\n" and "No such file" in r.stderr
+    assert "notes" in lk("volume", "ls", "-q").stdout.split()
+    lk("run", "-d", "--name", "user", "-v", "notes:/data", "busybox", "sleep", "300")
+    busy = lk("volume", "rm", "notes")
+    assert busy.returncode == 1 and "in use" in busy.stderr
+    lk("rm", "-f", "user")
+    assert lk("volume", "rm", "notes").returncode == 0
+
+
+def test_bind_mount_both_ways_and_read_only(tmp_path):
+    host = tmp_path / "shared"
+    host.mkdir()
+    (host / "from-host").write_text("hi\n")
+    r = lk("run", "--rm", "-v", f"{host}:/mnt", "busybox", "sh", "-c", "cat /mnt/from-host; echo back > /mnt/from-ctr")
+    assert r.stdout == "hi\n" and (host / "from-ctr").read_text() == "back\n"
+    ro = lk("run", "--rm", "-v", f"{host}:/mnt:ro", "busybox", "sh", "-c", "echo x > /mnt/nope")
+    assert ro.returncode != 0 and "Read-only file system" in ro.stderr
+    rootfs = lk("run", "--rm", "--read-only", "busybox", "touch", "/x")
+    assert rootfs.returncode != 0 and "Read-only file system" in rootfs.stderr
+
+
+def test_copy_up_fills_a_new_volume_from_the_image():
+    r = lk("run", "--rm", "-v", "etc-copy:/etc", "busybox", "cat", "/etc/passwd")
+    assert r.returncode == 0 and r.stdout.startswith("root:")
+    again = lk("run", "--rm", "-v", "etc-copy:/mnt", "busybox", "cat", "/mnt/passwd")
+    assert again.stdout.startswith("root:")  # the copy lives in the volume now
+
+
+def test_a_dead_monitor_leaves_no_running_record():
+    lk("run", "-d", "--name", "orphan", "busybox", "sleep", "300")
+    rec = Engine().get("orphan")
+    os.kill(rec.state.monitor_pid, signal.SIGKILL)  # the container dies with it (pdeathsig)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{rec.state.pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inspect("orphan", "{{.State.Status}} {{.State.ExitCode}}") == "exited 255"
+
+
+def test_ps_filters_and_quiet():
+    lk("run", "--name", "zero", "-l", "tier=a", "busybox", "true")
+    lk("run", "--name", "one", "-l", "tier=b", "busybox", "false")
+    assert lk("ps", "-a", "--filter", "exited=1", "--format", "{{.Names}}").stdout == "one\n"
+    assert lk("ps", "-a", "--filter", "label=tier=a", "--format", "{{.Names}}").stdout == "zero\n"
+    assert lk("ps", "-q").stdout == ""
+    assert len(lk("ps", "-aq").stdout.split()) == 2
