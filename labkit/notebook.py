@@ -15,11 +15,16 @@ class Workspace:
     returns the leak census so the last cell can prove nothing is left.
     """
 
-    def __init__(self, chapter: str) -> None:
+    def __init__(self, chapter: str, engine: bool = False) -> None:
         self.path = tempfile.mkdtemp(prefix=f"labkit-{chapter}-")
         os.chmod(self.path, 0o755)  # reachable by mapped uids in user namespaces
         self.run_root = os.path.join(self.path, "run")
         os.environ["LABKIT_RUN_ROOT"] = self.run_root
+        # engine chapters: containers, volumes and images of their own (`labkit` commands the
+        # notebook runs inherit both roots through the environment)
+        self.data_root = os.path.join(self.path, "data") if engine else None
+        if self.data_root:
+            os.environ["LABKIT_DATA_ROOT"] = self.data_root
         self._before = {str(leak) for leak in doctor.leaks()}  # e.g. another chapter still open
 
     def __repr__(self) -> str:
@@ -27,6 +32,13 @@ class Workspace:
 
     def sub(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
+
+    def engine(self):
+        """The engine over this workspace's data root (`Workspace(chapter, engine=True)`)."""
+        from .engine.containers import Engine
+
+        assert self.data_root, "make the workspace with engine=True"
+        return Engine(self.data_root)
 
     def busybox_rootfs(self, name: str = "rootfs") -> str:
         path = self.sub(name)
@@ -43,6 +55,14 @@ class Workspace:
 
     def cleanup(self) -> list[doctor.Leak]:
         """Remove this chapter's containers and files; what of this chapter's is still left."""
+        if self.data_root:
+            from .engine.containers import Engine
+
+            engine = Engine(self.data_root)
+            for record in engine.list(all=True):
+                engine.remove(record.id, force=True, remove_volumes=True)
+            for volume in engine.volumes.list():
+                engine.volumes.remove(volume.name, force=True)
         for state in runtime.list_containers():
             runtime.delete(state.id, force=True)
         shutil.rmtree(self.path, ignore_errors=True)
