@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -198,3 +199,64 @@ def test_ps_filters_and_quiet():
     assert lk("ps", "-a", "--filter", "label=tier=a", "--format", "{{.Names}}").stdout == "zero\n"
     assert lk("ps", "-q").stdout == ""
     assert len(lk("ps", "-aq").stdout.split()) == 2
+
+
+def _on_a_terminal(argv: list[str], keys: list[bytes], rows: int = 24, cols: int = 80) -> tuple[bytes, int]:
+    """Run `argv` on a new pty of `rows`x`cols`, typing each of `keys` once the output so far
+    ends with a shell prompt; everything it printed and its exit code."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: our terminal gets a size, as a real one has
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.execvp(argv[0], argv)
+    out, pending, typed_at = b"", list(keys), len(b"")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # busybox ash asks the terminal where the cursor is (ESC [ 6 n) after its prompt; a
+        # real terminal answers (ESC [ row ; col R), and so do we, then type at the prompt
+        if out.endswith(b"\x1b[6n"):
+            os.write(fd, b"\x1b[1;5R")
+            out += b"\n"
+            time.sleep(0.2)  # let the shell read the answer before the keys
+            if pending:
+                os.write(fd, pending.pop(0))
+                typed_at = len(out)
+        elif pending and re.search(rb"# (\x1b\[J)?$", out[typed_at:]):
+            os.write(fd, pending.pop(0))
+            typed_at = len(out)
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    else:
+        os.kill(pid, signal.SIGKILL)  # a hung command fails the test, it does not hang the suite
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return out, os.waitstatus_to_exitcode(status)
+
+
+def test_run_it_is_an_interactive_shell_on_a_terminal_of_our_size():
+    out, code = _on_a_terminal(["labkit", "run", "-it", "--name", "tty", "busybox", "sh"],
+                               [b"echo $((6*7)); tty; stty size\n", b"exit 5\n"], rows=33, cols=101)
+    assert code == 5, out
+    assert b"\r\n42\r\n/dev/pts/0\r\n33 101\r\n" in out  # the container's own pty, resized to ours
+    assert "42" in lk("logs", "tty").stdout  # the terminal's output is logged too
+
+
+def test_exec_it_and_detach_keys():
+    lk("run", "-d", "-it", "--name", "tty2", "busybox", "sh")
+    out, code = _on_a_terminal(["labkit", "exec", "-it", "tty2", "sh"], [b"tty; exit 7\n"])
+    assert code == 7 and b"/dev/pts/1" in out, out  # a second pty in the container's devpts
+    out, code = _on_a_terminal(["labkit", "attach", "tty2"], [b"echo attached\n", b"\x10\x11"])
+    assert code == 0 and b"attached" in out, out  # ctrl-p ctrl-q: detached, the shell runs on
+    assert inspect("tty2", "{{.State.Status}}") == "running"
