@@ -138,7 +138,11 @@ def _resources(args: argparse.Namespace) -> Resources:
 
 # -- run, create, start, attach ---------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    rec = _engine().create(config_from(args), args.name)
+    try:
+        rec = _engine().create(config_from(args), args.name)
+    except LabkitError as err:  # docker create: 125 when the engine refuses
+        print(f"labkit: {err}", file=sys.stderr)
+        return ENGINE_ERROR
     print(rec.id)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -31,13 +32,14 @@ from ..errors import LabkitError
 from ..runtime import container as rt
 from ..runtime import store as rtstore
 from ..runtime.init import ExecError, wait_for_exit
-from . import logs, mounts, ocispec, restart, volumes
+from . import faults, logs, mounts, ocispec, restart, volumes
 from .errors import Conflict, Invalid, NotFound, NotModified
 from .records import ContainerConfig, ContainerRecord, Mount, Store, _flock
 from .status import Event, Status, check, is_running
 from .timefmt import now_ns
 
 MONITOR_LOG = "monitor.log"
+CREATE_LOCK = ".create.lock"
 
 
 class Engine:
@@ -92,19 +94,24 @@ class Engine:
         made_volumes: list[str] = []
         try:
             resolved = self._resolve_volumes(config, image, made_volumes)
+            faults.point("create:volumes-made")
             config = dataclasses.replace(config, image_id=image.id, mounts=tuple(resolved))
             record = self.store.create(config, name)
         except BaseException:
             self._drop_volumes(made_volumes)
             raise
-        try:
-            oci = mounts.oci_mounts(list(config.mounts), self.volumes.path)
-            bundle = ocispec.write_bundle(self.store.path(record.id, "bundle"), image, record.id, config, oci)
-            self._populate_volumes(config, bundle)
-        except BaseException:
-            self.store.remove(record.id)
-            self._drop_volumes(made_volumes)
-            raise
+        # Held until the bundle is complete: a record without a bundle and without this lock
+        # is what a crash left (see _reconciled).
+        with _flock(self.store.path(record.id, CREATE_LOCK)):
+            faults.point("create:record-written")
+            try:
+                oci = mounts.oci_mounts(list(config.mounts), self.volumes.path)
+                bundle = ocispec.write_bundle(self.store.path(record.id, "bundle"), image, record.id, config, oci)
+                self._populate_volumes(config, bundle)
+            except BaseException:
+                self.store.remove(record.id)
+                self._drop_volumes(made_volumes)
+                raise
         return record
 
     def _resolve_volumes(self, config: ContainerConfig, image: Any, made: list[str]) -> list[Mount]:
@@ -149,7 +156,16 @@ class Engine:
 
     def _reconciled(self, rec: ContainerRecord) -> ContainerRecord:
         """A record must not claim a live container whose monitor is gone (engine crash,
-        machine reboot, a killed monitor): it becomes exited, as dockerd's restore does."""
+        machine reboot, a killed monitor): it becomes exited, as dockerd's restore does. A
+        create that died before its bundle was complete leaves a dead record, for `rm`."""
+        if rec.state.status == Status.CREATED and not self._monitor_alive(rec):
+            if not os.path.exists(self.store.path(rec.id, "bundle", "config.json")) and self._create_finished(rec):
+                with self.store.edit(rec.id) as fresh:
+                    fresh.state.status = Status.DEAD
+                    fresh.state.error = "the create did not finish (its process died): remove it"
+                    rec = fresh
+            self._discard_runtime_state(rec.id)  # a monitor killed between create and start
+            return rec
         if rec.state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING) and not self._monitor_alive(rec):
             with self.store.edit(rec.id) as fresh:
                 if fresh.state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING) \
@@ -161,6 +177,17 @@ class Engine:
                 rec = fresh
             self._discard_runtime_state(rec.id)
         return rec
+
+    def _create_finished(self, rec: ContainerRecord) -> bool:
+        """No create is writing this record's bundle now (its lock is free)."""
+        fd = os.open(self.store.path(rec.id, CREATE_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _monitor_alive(rec: ContainerRecord) -> bool:
@@ -202,6 +229,7 @@ class Engine:
                                         pass_fds=(ready_w,), start_new_session=True, env=_monitor_env(self))
             finally:
                 os.close(ready_w)
+        faults.point("start:monitor-spawned")
         with self.store.edit(rec.id) as fresh:
             fresh.state.monitor_pid, fresh.state.monitor_start = proc.pid, rtstore.proc_start_time(proc.pid)
         with os.fdopen(ready_r, "rb") as ready:
@@ -312,7 +340,9 @@ class Engine:
             self._wait_monitor(rec)
             if not os.path.isdir(self.store.path(rec.id)):  # --rm: its monitor removed it
                 return rec.id
+        faults.point("rm:killed")
         self._discard_runtime_state(rec.id)
+        faults.point("rm:runtime-deleted")
         if remove_volumes:
             self.remove_after_exit(rec.id)
         else:

@@ -54,7 +54,7 @@ from ..errors import LabkitError
 from ..runtime import container as rt
 from ..runtime import init
 from ..runtime import store as rtstore
-from . import logs, records, restart
+from . import faults, logs, records, restart
 from .status import Status
 from .timefmt import now_ns
 
@@ -376,6 +376,7 @@ class Monitor:
         while True:
             try:
                 pid, pipes = self.create()
+                faults.point("monitor:created")
                 if first and self.hold:
                     os.write(ready_fd, json.dumps({"pid": pid, "held": True}).encode() + b"\n")
                     deadline = time.monotonic() + HOLD_SECONDS
@@ -384,6 +385,7 @@ class Monitor:
                 rt.start(self.cid, self.runtime_root)
                 if self.console_listener is not None:
                     pipes = self.receive_console()
+                faults.point("monitor:started")
             except LabkitError as err:
                 self._discard_runtime_state()
                 if first:

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from labkit import doctor
+from labkit.engine import faults
 from labkit.engine.containers import Engine
 from labkit.images import builtin
 from labkit.images.store import Store
@@ -260,3 +262,38 @@ def test_exec_it_and_detach_keys():
     out, code = _on_a_terminal(["labkit", "attach", "tty2"], [b"echo attached\n", b"\x10\x11"])
     assert code == 0 and b"attached" in out, out  # ctrl-p ctrl-q: detached, the shell runs on
     assert inspect("tty2", "{{.State.Status}}") == "running"
+
+
+@pytest.mark.parametrize("point", faults.POINTS)
+def test_a_crash_at_any_step_leaves_a_consistent_container_or_nothing(point, run_root):
+    """The CLI or the monitor dies (SIGKILL) at each step of run and rm: afterwards the engine
+    shows either nothing or one container in a state it can act on, and rm -f plus a volume
+    prune leave no record, runtime state, monitor or volume."""
+    crashing = {**os.environ, "LABKIT_FAULT": point}
+    if point.startswith("rm:"):
+        assert lk("run", "-d", "--name", "crash", "-v", "/anon", "busybox", "sleep", "300").returncode == 0
+        died = lk("rm", "-f", "crash", env=crashing)
+    else:
+        died = lk("run", "-d", "--name", "crash", "-v", "/anon", "busybox", "sleep", "300", env=crashing)
+    assert died.returncode in (-signal.SIGKILL, 125), died  # the CLI died, or its monitor did
+    shown = lk("ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split("\n")[:-1]
+    assert shown in ([], ["crash created"], ["crash running"], ["crash exited"], ["crash dead"]), shown
+    if shown == ["crash running"]:  # running means running: its process is alive
+        assert os.path.exists(f"/proc/{Engine().get('crash').state.pid}")
+    if shown:
+        removed = lk("rm", "-f", "-v", "crash")
+        assert removed.returncode == 0, removed.stderr
+    lk("volume", "prune")  # an anonymous volume made just before the crash is prunable
+    assert lk("ps", "-aq").stdout == "" and lk("volume", "ls", "-q").stdout == ""
+    runtime_dir = os.path.join(run_root, "runtime")
+    assert not (os.path.isdir(runtime_dir) and os.listdir(runtime_dir))
+    assert not [p for p in doctor.leaks() if p.kind == "process"]
+
+
+def test_two_clis_never_give_one_name_to_two_containers():
+    racers = [subprocess.Popen(["labkit", "create", "--name", "only", "busybox", "true"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(60), p.stderr.read()) for p in racers]
+    assert sorted(code for code, _ in results) == [0, 125, 125, 125], results
+    assert all("already in use" in err for code, err in results if code)
+    assert len(lk("ps", "-aq").stdout.split()) == 1
