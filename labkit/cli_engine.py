@@ -63,7 +63,8 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-shares", type=int, help="relative CPU weight (default 1024)")
     p.add_argument("--pids-limit", type=int, help="at most this many processes (-1: unlimited)")
     p.add_argument("--init", action="store_true", help="run an init (tini) as PID 1: signals, zombies")
-    p.add_argument("--stop-signal", default="SIGTERM", help="signal that stops the container")
+    p.add_argument("--stop-signal", default="", help="signal that stops the container (default: the image's "
+                                                          "STOPSIGNAL, else SIGTERM)")
     p.add_argument("--stop-timeout", type=int, help="seconds to wait after the stop signal before SIGKILL")
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability")
     p.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability")
@@ -455,6 +456,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
                           workdir=args.workdir, detach=args.detach, tty=args.tty)
 
 
+# -- the engine ------------------------------------------------------------------------------------
+def cmd_engine(args: argparse.Namespace) -> int:
+    for name in _engine().restore():
+        print(f"started {name} (restart policy)")
+    return 0
+
+
 # -- volumes --------------------------------------------------------------------------------------
 def cmd_volume(args: argparse.Namespace) -> int:
     engine = _engine()
@@ -572,6 +580,12 @@ def add_verbs(sub: Any) -> None:
     exe.add_argument("container")
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
+
+    eng = sub.add_parser("engine", help="the engine itself")
+    esub = eng.add_subparsers(dest="engine_command", required=True)
+    esub.add_parser("restore", help="what dockerd does when it starts: mark dead containers exited, start "
+                                    "--restart always (and unless-stopped) ones again")
+    eng.set_defaults(func=cmd_engine)
 
     vol = sub.add_parser("volume", help="manage volumes")
     vsub = vol.add_subparsers(dest="volume_command", required=True)

@@ -95,7 +95,9 @@ class Engine:
         try:
             resolved = self._resolve_volumes(config, image, made_volumes)
             faults.point("create:volumes-made")
-            config = dataclasses.replace(config, image_id=image.id, mounts=tuple(resolved))
+            config = dataclasses.replace(config, image_id=image.id, mounts=tuple(resolved),
+                                         stop_signal=config.stop_signal or image.config.config.stop_signal
+                                         or "SIGTERM")  # --stop-signal, else the image's STOPSIGNAL
             record = self.store.create(config, name)
         except BaseException:
             self._drop_volumes(made_volumes)

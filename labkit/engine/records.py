@@ -72,7 +72,7 @@ class ContainerConfig:
     mounts: tuple[Mount, ...] = ()
     restart_policy: RestartPolicy = RestartPolicy()
     auto_remove: bool = False
-    stop_signal: str = "SIGTERM"
+    stop_signal: str = ""                       # "" until create: --stop-signal, the image's, or SIGTERM
     stop_timeout: int | None = None             # None = engine default (10 s)
     init: bool = False
     tty: bool = False

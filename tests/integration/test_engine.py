@@ -297,3 +297,31 @@ def test_two_clis_never_give_one_name_to_two_containers():
     assert sorted(code for code, _ in results) == [0, 125, 125, 125], results
     assert all("already in use" in err for code, err in results if code)
     assert len(lk("ps", "-aq").stdout.split()) == 1
+
+
+def test_engine_restore_brings_back_always_containers_as_dockerd_does_at_boot():
+    lk("run", "-d", "--name", "back", "--restart", "always", "busybox", "sleep", "300")
+    lk("run", "-d", "--name", "gone", "busybox", "sleep", "300")
+    for name in ("back", "gone"):  # as a reboot would: monitors and containers die at once
+        os.kill(Engine().get(name).state.monitor_pid, signal.SIGKILL)
+    for name in ("back", "gone"):
+        deadline = time.monotonic() + 10
+        while inspect(name, "{{.State.Status}}") != "exited" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert lk("engine", "restore").stdout == "started back (restart policy)\n"
+    assert inspect("back", "{{.State.Status}}") == "running"
+    assert inspect("gone", "{{.State.Status}}") == "exited"
+
+
+def test_a_full_log_disk_does_not_kill_the_container():
+    """The monitor's log writes fail (a 4 KiB file-size limit on the monitor stands in for a
+    full disk: EFBIG like ENOSPC); lines are dropped, the container runs on and exits 0."""
+    lk("run", "-d", "--name", "full", "busybox", "sh", "-c",
+       "sleep 1; i=0; while [ $i -lt 2000 ]; do echo line-$i-padding-padding; i=$((i+1)); done; sleep 1")
+    monitor = Engine().get("full").state.monitor_pid
+    subprocess.run(["prlimit", f"--pid={monitor}", "--fsize=4096"], check=True)
+    assert lk("wait", "full").stdout == "0\n"
+    assert inspect("full", "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+    log = Engine().log_path(Engine().get("full"))
+    assert os.path.getsize(log) <= 4096
+    assert 0 < len(lk("logs", "full").stdout.split()) < 2000
