@@ -358,9 +358,15 @@ class Monitor:
         self.last_exit = code
         return restart.next_backoff(backoff, ran) if again else None
 
-    def mark_failed(self, err: LabkitError) -> None:
+    def mark_failed(self, err: LabkitError, first: bool) -> None:
+        """The process could not be started. As in Docker and podman, a container that never ran
+        stays created (with ExitCode 126/127 and the error); one that ran before is exited."""
         with self.store.edit(self.cid) as rec:
-            rec.state.status, rec.state.pid, rec.state.finished_at = Status.EXITED, 0, now_ns()
+            rec.state.pid = 0
+            if first and rec.state.started_at is None:
+                rec.state.status = Status.CREATED
+            else:
+                rec.state.status, rec.state.finished_at = Status.EXITED, now_ns()
             rec.state.error = err.what
             rec.state.exit_code = getattr(err, "exit_code", 0) or 128
             self.record = rec
@@ -393,7 +399,7 @@ class Monitor:
                     if isinstance(err, init.ExecError):
                         reply["exit_code"] = err.exit_code
                     os.write(ready_fd, json.dumps(reply).encode() + b"\n")
-                self.mark_failed(err)
+                self.mark_failed(err, first)
                 return 1
             self.mark_running(pid)
             if first:
