@@ -57,19 +57,33 @@ def _store():
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    """As `docker pull` prints it: a line per layer, then the digest and what changed."""
+    from .registry.progress import TextProgress
     from .registry.pull import pull
+    from .registry.reference import parse_reference
 
-    print(pull(args.reference, _store(), platform=args.platform, insecure=args.insecure_registry))
+    ref = parse_reference(args.reference)
+    print(f"{ref.tag or ref.digest}: Pulling from {ref.repository}")
+    result = pull(ref, _store(), platform=args.platform, insecure=args.insecure_registry,
+                  progress=TextProgress(sys.stdout), tag=args.reference)
+    print(f"Digest: {result.digest}")
+    print(f"Status: {'Downloaded newer image' if result.fetched else 'Image is up to date'} for {result.tag}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    """As `docker push` prints it: the repository, a line per layer, then the tag and digest."""
     from .images.builtin import local_ref
+    from .registry.progress import TextProgress
     from .registry.push import push
+    from .registry.reference import parse_reference
 
     store = _store()
     source = local_ref(store, args.source)  # `busybox` is built offline; `app:latest` finds `app`
-    print(push(store, source, args.reference, insecure=args.insecure_registry))
+    ref = parse_reference(args.reference)
+    print(f"The push refers to repository [{ref.registry}/{ref.repository}]")
+    result = push(store, source, ref, insecure=args.insecure_registry, progress=TextProgress(sys.stdout))
+    print(f"{ref.tag or 'latest'}: digest: {result.digest}")
     return 0
 
 
