@@ -176,7 +176,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description="Container Lab: a container runtime built to learn from")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from . import cli_engine
 
     cli_engine.add_verbs(sub)

@@ -1,11 +1,17 @@
 """Small helpers the chapters share: a workspace that cleanup removes."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import tempfile
 
 from . import doctor, rootfs, runtime
+from .errors import LabkitError
+from .runtime.store import proc_start_time
+
+OWNER_FILE = ".owner"  # "PID START_TIME" of the process (a notebook kernel) that made the workspace
 
 
 class Workspace:
@@ -16,8 +22,11 @@ class Workspace:
     """
 
     def __init__(self, chapter: str, engine: bool = False) -> None:
+        self.chapter = chapter
         self.path = tempfile.mkdtemp(prefix=f"labkit-{chapter}-")
         os.chmod(self.path, 0o755)  # reachable by mapped uids in user namespaces
+        with open(os.path.join(self.path, OWNER_FILE), "w") as f:
+            f.write(f"{os.getpid()} {proc_start_time(os.getpid())}\n")
         self.run_root = os.path.join(self.path, "run")
         os.environ["LABKIT_RUN_ROOT"] = self.run_root
         # engine chapters: containers, volumes and images of their own (`labkit` commands the
@@ -53,6 +62,23 @@ class Workspace:
         runtime.default_spec(args, rootfs=self.busybox_rootfs(), **spec_kwargs).save(bundle)
         return bundle
 
+    def clear_earlier_runs(self) -> list[str]:
+        """Remove what interrupted earlier runs of this chapter left; the workspaces it removed.
+
+        A kernel that died (or was restarted) mid-chapter never reached the cleanup cell: its
+        containers may still run, under monitors of their own. Every other labkit-<chapter>-*
+        workspace whose owner process is gone loses its engine containers and volumes, its
+        runtime containers, then its files. Another open run of the same chapter (its owner
+        still alive) is left alone.
+        """
+        cleared = []
+        pattern = os.path.join(os.path.dirname(self.path), f"labkit-{self.chapter}-*")
+        for path in sorted(glob.glob(pattern)):
+            if path != self.path and os.path.isdir(path) and not _owner_alive(path):
+                _clear_workspace(path)
+                cleared.append(path)
+        return cleared
+
     def cleanup(self) -> list[doctor.Leak]:
         """Remove this chapter's containers and files; what of this chapter's is still left."""
         if self.data_root:
@@ -82,3 +108,37 @@ class Workspace:
                 return False  # gone meanwhile: not left behind
             return self.path in cmdline or ppid == os.getpid()
         return True
+
+
+def _owner_alive(path: str) -> bool:
+    try:
+        with open(os.path.join(path, OWNER_FILE)) as f:
+            pid, start = f.read().split()
+    except (OSError, ValueError):
+        return False  # no owner recorded: a workspace older than the owner file
+    return str(proc_start_time(int(pid))) == start
+
+
+def _clear_workspace(path: str) -> None:
+    """Another (dead) run's workspace: its containers through its own roots, then its files."""
+    runtime_root = os.path.join(path, "run", "runtime")
+    data_root = os.path.join(path, "data")
+    if os.path.isdir(os.path.join(data_root, "containers")):
+        from .engine.containers import Engine
+
+        engine = Engine(data_root)
+        engine.runtime_root = runtime_root  # that run's runtime state, not this process's
+        for record in engine.list(all=True):
+            with contextlib.suppress(LabkitError):
+                engine.remove(record.id, force=True, remove_volumes=True)
+        for volume in engine.volumes.list():
+            with contextlib.suppress(LabkitError):
+                engine.volumes.remove(volume.name, force=True)
+    if os.path.isdir(runtime_root):
+        for state in runtime.list_containers(root=runtime_root):
+            with contextlib.suppress(LabkitError):
+                runtime.delete(state.id, force=True, root=runtime_root)
+    for leak in doctor.leaks():  # whatever would not go the polite way (mounts, stray state)
+        if leak.name.startswith(path + os.sep):
+            doctor.remove(leak)
+    shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,7 @@ can be asserted on (`assert verdict`) so nbval fails on a wrong answer.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 
@@ -44,3 +45,26 @@ def all_of(*verdicts: Verdict) -> Verdict:
         if not verdict:
             return verdict
     return passed("; ".join(v.message for v in verdicts))
+
+
+TIERS = ("nudge", "pointer", "answer")
+
+
+class Hints:
+    """Hints in tiers: each failure of the same kind gets the next tier (nudge, pointer, answer).
+
+    A check keeps one Hints per chapter; nothing is hinted before a first attempt, and
+    `reset()` starts every exercise over (tests, or an instructor's demo).
+    """
+
+    def __init__(self) -> None:
+        self.seen: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def failed(self, exercise: str, kind: str, message: str, tiers: tuple[str, str, str]) -> Verdict:
+        tier = min(self.seen[(exercise, kind)], len(tiers) - 1)
+        self.seen[(exercise, kind)] += 1
+        more = " (check again for a more specific hint)" if tier < len(tiers) - 1 else ""
+        return failed(message, f"[{TIERS[tier]}] {tiers[tier]}{more}")
+
+    def reset(self) -> None:
+        self.seen.clear()
