@@ -24,19 +24,11 @@ from ..images.bundle import Bundle, create_bundle
 from ..images.image import Image
 from ..runtime.spec import Mount as OciMount
 from ..runtime.spec import Spec
-from . import mounts
+from . import defaults, mounts
 from .errors import Invalid
 from .names import short_id
 from .records import ContainerConfig
 
-# moby oci/defaults.go: what a container must not read (host secrets, kernel internals) ...
-DOCKER_MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-)
-# ... and what it may read but not change (kernel tunables, sysrq).
-DOCKER_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 CPU_PERIOD = 100_000  # µs: Docker's --cpus is a quota over this period
 INIT_PATH = "/sbin/docker-init"  # where Docker puts its init (tini) in the container
 INIT_BINARIES = ("/usr/bin/tini-static", "/usr/bin/docker-init", "/usr/bin/tini")
@@ -77,11 +69,7 @@ def with_process(config: ContainerConfig) -> SpecOption:
 
 
 def with_docker_defaults() -> SpecOption:
-    def apply(spec: Spec) -> None:
-        assert spec.linux is not None
-        spec.linux.extra["maskedPaths"] = list(DOCKER_MASKED_PATHS)
-        spec.linux.extra["readonlyPaths"] = list(DOCKER_READONLY_PATHS)
-    return apply
+    return defaults.apply
 
 
 def with_capabilities(config: ContainerConfig) -> SpecOption:

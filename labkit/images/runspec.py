@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .. import capabilities, devices
 from ..errors import LabkitError
 from ..runtime.spec import DEFAULT_PATH, Spec, User, default_spec
 from .model import ImageConfig
@@ -105,18 +104,11 @@ def to_spec(config: ImageConfig, read_file: ReadFile | None = None, args: list[s
     spec.process.env = merged
     spec.process.cwd = run.working_dir or "/"
     spec.process.user = resolve_user(run.user, read("/etc/passwd"), read("/etc/group"))
-    # Docker's capabilities, not runc's: root keeps its 14; another user only has them as a
-    # bound (it could regain them through a setuid or file-capability program), as in Docker.
-    root = spec.process.user.uid == 0
-    spec.process.capabilities = capabilities.oci_sets(capabilities.DOCKER_DEFAULT) if root else {
-        "bounding": list(capabilities.DOCKER_DEFAULT)}
-    spec.process.noNewPrivileges = False  # docker run's default
-    # Docker's device rules: deny every device; the runtime then allows the few a container needs
-    # (null, zero, tty, ptmx, ...). CAP_MKNOD alone would let root make a node for any host disk.
-    assert spec.linux is not None
-    spec.linux.resources = {"devices": [dict(devices.DENY_ALL)]}  # the runtime appends the allow-list
     spec.annotations = annotations(config)
-    return spec
+    # Docker's run-time defaults (14 capabilities, device rules, masked paths) are the engine's
+    # to add: labkit.engine.defaults. Here the image's own settings only.
+    from ..engine import defaults
+    return defaults.apply(spec)
 
 
 def _merge_env(base: list[str], overrides: list[str]) -> list[str]:
