@@ -420,26 +420,42 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    if not args.no_stream:
-        raise LabkitError("labkit stats streams nothing yet", "use --no-stream")
+    """`docker stats`: CPU % is the growth of CPU time over a second, so each table takes two
+    samples; without --no-stream it redraws every second until interrupted."""
     engine = _engine()
     records = [engine.get(r) for r in args.containers] if args.containers else engine.list()
-    first = {r.id: engine.stats(r.id) for r in records}
+    previous = {r.id: engine.stats(r.id) for r in records}
     t0 = time.monotonic()
-    time.sleep(1.0)  # CPU % is growth over time: docker stats samples twice too
-    elapsed = time.monotonic() - t0
+    try:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            current = {r.id: engine.stats(r.id) for r in records}
+            table = _stats_table(records, previous, current, now - t0)
+            if args.no_stream:
+                print(table)
+                return 0
+            print(("\x1b[2J\x1b[H" if sys.stdout.isatty() else "") + table, flush=True)
+            previous, t0 = current, now
+    except KeyboardInterrupt:
+        return 0
+    except LabkitError as err:  # a container stopped meanwhile
+        print(f"labkit: {err}", file=sys.stderr)
+        return 1
+
+
+def _stats_table(records: list, first: dict, second: dict, elapsed: float) -> str:
     rows = []
     for r in records:
-        s = engine.stats(r.id)
+        s = second[r.id]
         cpu = (s["cpu_usage_usec"] - first[r.id]["cpu_usage_usec"]) / 1e6 / elapsed * 100
         limit = s["memory_limit"] or 0
         rows.append({"ID": r.id[:12], "Name": r.name, "CPU": f"{cpu:.2f}%",
                      "Mem": f"{_mib(s['memory_usage'])} / {_mib(limit) if limit else 'unlimited'}",
                      "MemPerc": f"{s['memory_usage'] / limit * 100:.2f}%" if limit else "--",
                      "PIDs": s["pids"]})
-    print(insp.table(rows, (("CONTAINER ID", "ID"), ("NAME", "Name"), ("CPU %", "CPU"),
-                            ("MEM USAGE / LIMIT", "Mem"), ("MEM %", "MemPerc"), ("PIDS", "PIDs"))))
-    return 0
+    return insp.table(rows, (("CONTAINER ID", "ID"), ("NAME", "Name"), ("CPU %", "CPU"),
+                             ("MEM USAGE / LIMIT", "Mem"), ("MEM %", "MemPerc"), ("PIDS", "PIDs")))
 
 
 def _mib(n: int) -> str:

@@ -334,3 +334,14 @@ def test_a_full_log_disk_does_not_kill_the_container():
     log = Engine().log_path(Engine().get("full"))
     assert os.path.getsize(log) <= 4096
     assert 0 < len(lk("logs", "full").stdout.split()) < 2000
+
+
+def test_top_and_stats_read_the_containers_cgroup():
+    lk("run", "-d", "--name", "busy", "-m", "64m", "--cpus", "0.5", "busybox", "sh", "-c", "while :; do :; done")
+    top = lk("top", "busy").stdout.split("\n")
+    assert top[0].split() == ["PID", "CMD"] and "sh -c while :; do :; done" in top[1]
+    stats = lk("stats", "--no-stream", "busy").stdout.split("\n")
+    assert stats[0].split()[:4] == ["CONTAINER", "ID", "NAME", "CPU"]
+    name, cpu, mem = stats[1].split()[1], float(stats[1].split()[2].rstrip("%")), stats[1].split()[3:6]
+    assert name == "busy" and 20 < cpu <= 60  # its --cpus 0.5 quota, measured over a second
+    assert mem[1:] == ["/", "64.00MiB"]
