@@ -121,6 +121,124 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- save, load, import, rmi: images as archives and their removal (labkit.images.archive, .inventory) ---
+def cmd_save(args: argparse.Namespace) -> int:
+    from .images import archive
+
+    store = _store()
+    if args.output:
+        archive.save_file(store, args.images, args.output, args.format)
+        return 0
+    if sys.stdout.isatty():  # docker's refusal, word for word
+        raise LabkitError("cowardly refusing to save to a terminal. Use the -o flag or redirect",
+                          "labkit save -o app.tar app, or labkit save app > app.tar")
+    sys.stdout.flush()
+    archive.save(store, args.images, sys.stdout.buffer, args.format)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from .images import archive
+
+    store = _store()
+    if args.input:
+        loaded = archive.load_file(store, args.input)
+    elif sys.stdin.isatty():
+        raise LabkitError("requested load from stdin, but stdin is empty", "labkit load -i FILE, or labkit load < FILE")
+    else:
+        loaded = archive.load(store, sys.stdin.buffer)
+    for image in loaded:
+        print("\n".join(image.lines()))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`docker import FILE|- [REF]`: a root filesystem tarball as a one-layer image; prints its id."""
+    from .images import base
+    from .images.model import RunConfig
+    from .runtime.spec import DEFAULT_PATH
+
+    store = _store()
+    run = base.apply_changes(RunConfig(env=[DEFAULT_PATH], cmd=["sh"]), args.change)
+    if args.file != "-":
+        if not os.path.isfile(args.file):
+            raise LabkitError(f"{args.file}: no such file", "give a tarball of a root filesystem, or - for stdin")
+        print(base.import_rootfs(store, args.file, args.reference, run).id)
+        return 0
+    if sys.stdin.isatty():
+        raise LabkitError("import from stdin, but stdin is a terminal", "pipe a tarball in: tar -C DIR -c . | labkit import -")
+    scratch = tempfile.mkdtemp(dir=os.path.join(store.root, "blobs"), prefix=".import-")
+    try:
+        path = os.path.join(scratch, "-")  # the history says "imported from -", as docker's
+        with open(path, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        print(base.import_rootfs(store, path, args.reference, run).id)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _image_users() -> dict:
+    """Image id -> the containers made from it (their records keep it): rmi must not pull it away."""
+    from .engine.containers import Engine
+    from .engine.status import is_running
+    from .images.inventory import Use
+
+    users: dict = {}
+    for rec in Engine().list(all=True):
+        if rec.config.image_id:
+            users.setdefault(rec.config.image_id, []).append(Use(rec.id, is_running(rec.state.status)))
+    return users
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    """`docker rmi [-f] IMAGE...`: each in turn; a refusal is reported and the rest go on (exit 1)."""
+    from .images import inventory
+
+    store = _store()
+    users = _image_users()
+    failed = 0
+    for ref in args.images:
+        try:
+            removal = inventory.remove(store, ref, args.force, users)
+        except LabkitError as err:
+            print(f"labkit: {err}", file=sys.stderr)
+            failed = 1
+            continue
+        for line in removal.lines():
+            print(line)
+    return failed
+
+
+def add_image_verbs(sub, grouped: bool = False) -> None:
+    """save/load/import and rmi (`image rm`), at the top (`labkit save`) or in `labkit image …`."""
+    save = sub.add_parser("save", help="write images to a tar archive (docker-archive or oci-archive)")
+    save.add_argument("-o", "--output", help="the archive to write (default: stdout, if it is no terminal)")
+    save.add_argument("--format", default="docker-archive", choices=["docker-archive", "oci-archive"],
+                      help="docker-archive (docker save's, default) or oci-archive (an OCI layout)")
+    save.add_argument("images", nargs="+", metavar="IMAGE", help="names or ids of images in the store")
+    save.set_defaults(func=cmd_save)
+    load = sub.add_parser("load", help="load images from a tar archive (docker-archive or oci-archive, gzip too)")
+    load.add_argument("-i", "--input", help="the archive to read (default: stdin)")
+    load.add_argument("-q", "--quiet", action="store_true", help="accepted for docker's sake (no progress is shown)")
+    load.set_defaults(func=cmd_load)
+    imp = sub.add_parser("import", help="a root filesystem tarball as a one-layer image; prints its id")
+    imp.add_argument("file", metavar="FILE|-", help="the tarball (plain or gzip); - reads stdin")
+    imp.add_argument("reference", nargs="?", metavar="REF", help="the name to give the image (default: none)")
+    imp.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
+                     help="CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL or EXPOSE, e.g. 'CMD [\"sh\"]'")
+    imp.set_defaults(func=cmd_import)
+    rmi = sub.add_parser("rm" if grouped else "rmi", aliases=["remove"] if grouped else [],
+                         help="untag images and delete what no tag or container needs any more")
+    rmi.add_argument("-f", "--force", action="store_true",
+                     help="untag even the last tag of an image a container uses; remove all tags of an id")
+    rmi.add_argument("images", nargs="+", metavar="IMAGE", help="names or ids (a unique prefix will do)")
+    rmi.set_defaults(func=cmd_rmi)
+    if grouped:
+        sub.add_parser("ls", aliases=["list"], help="the images in labkit's store").set_defaults(func=cmd_images)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """`labkit run IMAGE …` is the engine's (labkit.cli_engine); `labkit run DIR …` runs a bundle or
     rootfs directory in the foreground, as `runc run`: this process creates the container
@@ -198,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     build_.add_argument("-t", "--tag", required=True, help="the name to give the image in the store")
     build_.add_argument("-f", "--file", help="the Containerfile (default: CONTEXT/Containerfile or Dockerfile)")
     build_.set_defaults(func=cmd_build)
+    add_image_verbs(sub)
+    image_ = sub.add_parser("image", help="manage images: ls, save, load, import, rm")
+    add_image_verbs(image_.add_subparsers(dest="image_command", required=True), grouped=True)
     doc = sub.add_parser("doctor", help="check this machine's kernel features (or, with --leaks, leftovers)")
     doc.add_argument("--leaks", action="store_true", help="list kernel objects labkit left behind")
     doc.set_defaults(func=cmd_doctor)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from typing import Any, Iterator
 
 from .. import rootfs
 from ..errors import LabkitError
 from ..runtime.spec import DEFAULT_PATH
+from . import containerfile as cf
 from . import layers as lay
 from . import platform as plat
 from .image import Image, history_entry, open_image, write_image
@@ -53,7 +55,7 @@ def busybox_image(store: Store, tag: str = "busybox", busybox: str | None = None
     return write_image(store, config, [layer.descriptor()], tag)
 
 
-def import_rootfs(store: Store, tarball: str, tag: str, run: RunConfig | None = None,
+def import_rootfs(store: Store, tarball: str, tag: str | None, run: RunConfig | None = None,
                   created: str = EPOCH) -> Image:
     """A rootfs tarball (plain or gzip) as a one-layer image, like `docker import`."""
     layer = lay.import_tar(store, tarball)
@@ -61,6 +63,42 @@ def import_rootfs(store: Store, tarball: str, tag: str, run: RunConfig | None = 
     config.rootfs["diff_ids"] = [layer.diff_id]
     config.history = [history_entry(f"imported from {os.path.basename(tarball)}", created)]
     return write_image(store, config, [layer.descriptor()], tag)
+
+
+CHANGES = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE")
+
+
+def apply_changes(run: RunConfig, changes: list[str]) -> RunConfig:
+    """`docker import --change 'CMD ["sh"]'`: Dockerfile instructions that edit the run config,
+    applied in order (an ENTRYPOINT drops the CMD unless a CMD change came before it)."""
+    out = RunConfig.from_dict(run.to_dict())
+    cmd_set = False
+    for change in changes:
+        word = change.strip().split(None, 1)[0].upper() if change.strip() else ""
+        if word not in CHANGES:
+            raise LabkitError(f"--change {change!r}: {word or 'an empty change'} is not supported here",
+                              f"import accepts {', '.join(CHANGES)} (e.g. --change 'CMD [\"sh\"]')")
+        instr = cf.parse(f"FROM scratch\n{change.strip()}")[1]
+        env = dict(e.split("=", 1) for e in (out.env or []) if "=" in e)
+        if instr.cmd == "CMD":
+            out.cmd, cmd_set = instr.argv(), True
+        elif instr.cmd == "ENTRYPOINT":
+            out.entrypoint = instr.argv()
+            if not cmd_set:
+                out.cmd = None
+        elif instr.cmd == "ENV":
+            for key, value in cf.key_values(instr.args, "ENV"):
+                env[key] = cf.expand(value, env)
+            out.env = [f"{k}={v}" for k, v in env.items()]
+        elif instr.cmd == "WORKDIR":
+            out.working_dir = posixpath.normpath(posixpath.join(out.working_dir or "/", cf.expand(instr.args, env)))
+        elif instr.cmd == "USER":
+            out.user = cf.expand(instr.args, env).strip()
+        elif instr.cmd == "LABEL":
+            out.labels = {**(out.labels or {}), **dict(cf.key_values(instr.args, "LABEL"))}
+        else:  # EXPOSE
+            out.exposed_ports = {**(out.exposed_ports or {}), **{p: {} for p in cf.exposed(instr.args)}}
+    return out
 
 
 # --- OCI image layouts ------------------------------------------------------------------------------
