@@ -117,6 +117,34 @@ class JsonFileWriter:
             self.last_error = e
             return False
 
+    def write_lines(self, stream: str, lines: list[bytes], time_ns: int) -> bytes:
+        """Log the lines of one read (one timestamp for all: they arrived together) with one
+        write and one flush, rotating between lines as `write` would; the encoded entries
+        (for `logs -f` followers). Lines that cannot be written are dropped and counted."""
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
+        tail = f',"stream":"{stream}","time":"{rfc3339_nano(time_ns)}"}}\n'
+        encoded = [('{"log":' + json.dumps(line.decode("utf-8", "replace"), ensure_ascii=False) + tail).encode()
+                   for line in lines]
+        try:
+            if self._file is None:
+                self._file = self._open(self.path)
+                self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            limit, pending = self.options.max_size, []
+            for data in encoded:
+                if limit is not None and self._size > 0 and self._size + len(data) > limit:
+                    self._file.write(b"".join(pending))
+                    pending = []
+                    self._rotate()
+                pending.append(data)
+                self._size += len(data)
+            self._file.write(b"".join(pending))
+            self._file.flush()
+        except OSError as e:  # ENOSPC, EDQUOT, EIO…: drop the lines, keep the container
+            self.dropped += len(encoded)
+            self.last_error = e
+        return b"".join(encoded)
+
     def _rotate(self) -> None:
         assert self._file is not None
         self._file.close()

@@ -300,15 +300,16 @@ class Monitor:
                 os.close(fd)
                 del streams[fd]
                 if partial[stream]:
-                    self.emit(stream, partial[stream])
+                    self.emit(stream, [partial[stream]])
                 if fd == self.master:
                     self.master = None
                 return
-            self.clients.send(self.clients.attached, FRAME.pack(stream, len(data)) + data)
+            if self.clients.attached:
+                self.clients.send(self.clients.attached, FRAME.pack(stream, len(data)) + data)
             lines = (partial[stream] + data).split(b"\n")
             partial[stream] = lines.pop()
-            for line in lines:
-                self.emit(stream, line + b"\n")
+            if lines:
+                self.emit(stream, [line + b"\n" for line in lines])
 
         pidfd = os.pidfd_open(pid)
 
@@ -332,11 +333,11 @@ class Monitor:
             os.close(fd)
         return code[0]
 
-    def emit(self, stream: int, line: bytes) -> None:
-        name = "stdout" if stream == STDOUT else "stderr"
-        entry = logs.LogEntry(name, line.decode("utf-8", "replace"), now_ns())
-        self.log.write(name, entry.log, entry.time)
-        self.clients.send(self.clients.followers, entry.to_json_line())
+    def emit(self, stream: int, lines: list[bytes]) -> None:
+        """Lines of one read to the json-file log, and the same entries to `logs -f` followers."""
+        encoded = self.log.write_lines("stdout" if stream == STDOUT else "stderr", lines, now_ns())
+        if self.clients.followers:
+            self.clients.send(self.clients.followers, encoded)
 
     # -- the record --------------------------------------------------------------------
     def mark_running(self, pid: int) -> None:

@@ -134,3 +134,18 @@ def test_unopenable_log_does_not_raise(tmp_path):
 def test_bad_stream_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError):
         JsonFileWriter(str(tmp_path / "x")).write("stdin", "a")
+
+
+def test_write_lines_matches_write_and_rotates_between_lines(tmp_path):
+    from labkit.engine.logs import JsonFileWriter, LogOptions, read_logs
+
+    one, many = str(tmp_path / "one.log"), str(tmp_path / "many.log")
+    lines = [f"line-{i}\n".encode() for i in range(50)]
+    with JsonFileWriter(one, LogOptions(max_size=300, max_file=3)) as w:
+        for line in lines:
+            w.write("stdout", line, 1_700_000_000_123_456_789)
+    with JsonFileWriter(many, LogOptions(max_size=300, max_file=3)) as w:
+        encoded = w.write_lines("stdout", lines, 1_700_000_000_123_456_789)
+    for suffix in ("", ".1", ".2"):
+        assert open(one + suffix, "rb").read() == open(many + suffix, "rb").read()
+    assert encoded.count(b"\n") == 50 and [e.log for e in read_logs(many)] == [l.decode() for l in lines[-len(read_logs(many)):]]
