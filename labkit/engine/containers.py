@@ -32,7 +32,7 @@ from ..errors import LabkitError
 from ..runtime import container as rt
 from ..runtime import store as rtstore
 from ..runtime.init import ExecError, wait_for_exit
-from . import faults, logs, mounts, ocispec, restart, volumes
+from . import faults, logs, mounts, restart, volumes
 from .errors import Conflict, Invalid, NotFound, NotModified
 from .records import ContainerConfig, ContainerRecord, Mount, Store, _flock
 from .status import Event, Status, check, is_running
@@ -87,6 +87,8 @@ class Engine:
         """A new container in status created: its record and its bundle (`docker create`)."""
         restart.check_auto_remove(config.restart_policy, config.auto_remove)
         restart.parse_stop_signal(config.stop_signal)
+        from . import ocispec  # the image machinery: only create needs it (ps, logs, stop start faster)
+
         mounts.check_unique_targets(config.mounts)
         if config.init:
             ocispec.init_binary()
