@@ -167,7 +167,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(base.import_rootfs(store, args.file, args.reference, run).id)
         return 0
     if sys.stdin.isatty():
-        raise LabkitError("import from stdin, but stdin is a terminal", "pipe a tarball in: tar -C DIR -c . | labkit import -")
+        raise LabkitError("import from stdin, but stdin is a terminal",
+                          "pipe a tarball in: tar -C DIR -c . | labkit import -")
     scratch = tempfile.mkdtemp(dir=os.path.join(store.root, "blobs"), prefix=".import-")
     try:
         path = os.path.join(scratch, "-")  # the history says "imported from -", as docker's

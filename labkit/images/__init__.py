@@ -13,6 +13,8 @@
     bundle      image -> OCI bundle whose rootfs is an overlay (mounted by the runtime)
     base        busybox image, rootfs tarballs, OCI layouts of other tools
     builtin     `busybox` offline: open_image_or_builtin(store, ref) builds it on first use
+    archive     `docker save`/`load` tarballs: docker-archive and oci-archive, verified on the way in
+    inventory   images by tag, id or digest; `docker rmi` and the garbage collection after it
     containerfile, build   the Containerfile subset and the builder with its cache
 """
 from .base import busybox_image, export_layout, import_layout, import_rootfs

@@ -1,0 +1,1 @@
+"""Unit tests (no root). A package, so module names may repeat those of tests/integration."""
