@@ -425,7 +425,9 @@ class Engine:
         """A socket carrying the run's output as Docker's multiplexed stream; what is written
         to it goes to the container's stdin (see labkit.engine.monitor)."""
         rec = self.get(ref)
-        if rec.state.status not in (Status.RUNNING, Status.PAUSED, Status.CREATED) or not self._monitor_alive(rec):
+        # A live monitor is the test, not the status: `start -a` of an exited container attaches
+        # while its new monitor holds the process (the record says running only after that).
+        if rec.state.status == Status.DEAD or not self._monitor_alive(rec):
             raise Conflict("You cannot attach to a stopped container, start it first")
         dirfd = os.open(self.store.path(rec.id), os.O_PATH | os.O_DIRECTORY)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -23,9 +23,9 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
     c, st = rec.config, rec.state
     try:
         process = Spec.load(bundle).process
-        args = list(process.args) if process else []
+        args, env = (list(process.args), list(process.env)) if process else ([], list(c.env))
     except Exception:  # a half-made record (crash during create) still inspects
-        args = []
+        args, env = [], list(c.env)
     return {
         "Id": rec.id,
         "Created": rfc3339_nano(st.created_at),
@@ -38,6 +38,7 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
         "RestartCount": st.restart_count,
         "Driver": "overlay",
         "Platform": "linux",
+        "GraphDriver": graph_driver(bundle),
         "HostConfig": {
             "LogConfig": {"Type": "json-file", "Config": dict(c.log_opts)},
             "RestartPolicy": c.restart_policy.to_json(),
@@ -62,7 +63,7 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
             "User": c.user,
             "Tty": c.tty,
             "OpenStdin": c.open_stdin,
-            "Env": list(c.env),
+            "Env": env,  # the image's and the user's, merged, as the process gets them
             "Cmd": list(c.command) or None,
             "Image": c.image,
             "WorkingDir": c.working_dir,
@@ -72,6 +73,19 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
             **({"StopTimeout": c.stop_timeout} if c.stop_timeout is not None else {}),
         },
     }
+
+
+def graph_driver(bundle: str) -> dict[str, Any]:
+    """Where the container's layers are (docker inspect's GraphDriver for overlay2)."""
+    import os
+
+    overlay = os.path.join(bundle, "overlay")
+    links = os.path.join(overlay, "l")
+    lowers = sorted(os.listdir(links), key=int, reverse=True) if os.path.isdir(links) else []
+    return {"Name": "overlay", "Data": {
+        "LowerDir": ":".join(os.path.realpath(os.path.join(links, n)) for n in lowers),
+        "UpperDir": os.path.join(overlay, "upper"), "WorkDir": os.path.join(overlay, "work"),
+        "MergedDir": os.path.join(bundle, "rootfs")}}
 
 
 def mount_json(m: Any, volume_path: Any) -> dict[str, Any]:

@@ -345,3 +345,12 @@ def test_top_and_stats_read_the_containers_cgroup():
     name, cpu, mem = stats[1].split()[1], float(stats[1].split()[2].rstrip("%")), stats[1].split()[3:6]
     assert name == "busy" and 5 < cpu <= 60  # busy, but held to its --cpus 0.5 quota (measured over a second)
     assert mem[1:] == ["/", "64.00MiB"]
+
+
+def test_start_attach_runs_an_exited_container_again_and_streams_it():
+    lk("run", "--name", "again", "busybox", "sh", "-c", "echo run; exit 2")
+    r = lk("start", "-a", "again")
+    assert (r.returncode, r.stdout) == (2, "run\n")
+    assert lk("logs", "again").stdout == "run\nrun\n"  # one log across both runs
+    upper = json.loads(inspect("again", "{{json .GraphDriver.Data}}"))["UpperDir"]
+    assert upper.endswith("/bundle/overlay/upper") and os.path.isdir(upper)
