@@ -283,6 +283,9 @@ class Engine:
         with self.store.edit(rec.id) as fresh:  # moby's killWithSignal: ExitOnNext, no restart
             fresh.state.stopped_by_user = True
         self._signal(rec, number)
+        if rec.state.status == Status.PAUSED:  # a frozen task acts on a signal only once thawed (v1)
+            with contextlib.suppress(LabkitError):
+                rt.resume(rec.id, self.runtime_root)
         if number == signal.SIGKILL:  # as docker: return once it is dead
             wait_for_exit(rec.state.pid, 10)
         return rec
@@ -555,8 +558,9 @@ class Engine:
         started = []
         for rec in self.list(all=True):
             policy = rec.config.restart_policy.name
+            # Docker: `always` comes back even after a user's stop; `unless-stopped` only if not stopped
             wanted = policy == restart.ALWAYS or (policy == restart.UNLESS_STOPPED and not rec.state.stopped_by_user)
-            if wanted and rec.state.status == Status.EXITED and not rec.state.stopped_by_user:
+            if wanted and rec.state.status == Status.EXITED:
                 with contextlib.suppress(LabkitError):
                     self.start(rec.id)
                     started.append(rec.name)

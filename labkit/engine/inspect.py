@@ -228,7 +228,7 @@ def render(template: str, obj: Any) -> str:
                               "see `labkit inspect NAME` for the fields")
             v = v[part]
         if m.group(1):
-            return json.dumps(v)
+            return json.dumps(v, separators=(",", ":"))  # compact, as Go's json.Marshal
         if v is None:
             return "<no value>"
         if isinstance(v, bool):

@@ -40,7 +40,7 @@ def test_render_paths_json_and_go_printing():
     obj = {"State": {"Status": "running", "Running": True, "Pid": 7}, "Args": ["-c", "x"], "Labels": {"a": "1"},
            "Entrypoint": None}
     assert insp.render("{{.State.Status}} {{.State.Running}} {{.State.Pid}}", obj) == "running true 7"
-    assert insp.render("{{json .Args}}", obj) == '["-c", "x"]'
+    assert insp.render("{{json .Args}}", obj) == '["-c","x"]'
     assert insp.render("{{.Args}} {{.Labels}} {{.Entrypoint}}", obj) == "[-c x] map[a:1] <no value>"
     assert insp.render("{{.State.Status}}\\t{{ .State.Pid }}", obj) == "running\t7"
     with pytest.raises(Invalid, match="can't evaluate field Nope"):
