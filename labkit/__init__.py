@@ -13,5 +13,6 @@ def __getattr__(name: str) -> Any:
     if name == "show":
         from .show import show
 
+        globals()["show"] = show  # importing the submodule bound labkit.show to the module: the function wins
         return show
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from . import doctor, rootfs, runtime
+from . import cgroups, doctor, rootfs, runtime
 from .errors import LabkitError
 from .runtime.store import proc_start_time
 
@@ -92,12 +92,20 @@ class Workspace:
         for state in runtime.list_containers():
             runtime.delete(state.id, force=True)
         shutil.rmtree(self.path, ignore_errors=True)
-        return [leak for leak in doctor.leaks() if str(leak) not in self._before and self._ours(leak)]
+        found = doctor.leaks()
+        # containers another open lab session runs now: the cgroup subtrees holding them are theirs
+        foreign = {os.path.basename(leak.name) for leak in found if leak.kind == "container" and not self._ours(leak)}
+        return [leak for leak in found if str(leak) not in self._before and self._ours(leak, foreign)]
 
-    def _ours(self, leak: doctor.Leak) -> bool:
+    def _ours(self, leak: doctor.Leak, foreign: set[str] = frozenset()) -> bool:
         """Could this chapter have made it? Another open chapter's objects are not its leaks."""
         if leak.kind in ("container", "mount") and leak.name.startswith("/tmp/labkit"):
             return leak.name.startswith(self.path)
+        if leak.kind == "cgroup":
+            if os.path.basename(leak.name) != cgroups.PARENT:
+                return False  # labkit's groups all live under its parent; labkit-* siblings are other tools'
+            # the shared parent is not this chapter's leak while another session's container runs in it
+            return not any(foreign.intersection(dirnames) for _, dirnames, _ in os.walk(leak.name))
         if leak.kind == "process":
             try:
                 with open(f"/proc/{leak.pid}/cmdline", "rb") as f:
