@@ -84,11 +84,7 @@ class Workspace:
         if self.data_root:
             from .engine.containers import Engine
 
-            engine = Engine(self.data_root)
-            for record in engine.list(all=True):
-                engine.remove(record.id, force=True, remove_volumes=True)
-            for volume in engine.volumes.list():
-                engine.volumes.remove(volume.name, force=True)
+            Engine(self.data_root).clear()
         for state in runtime.list_containers():
             runtime.delete(state.id, force=True)
         shutil.rmtree(self.path, ignore_errors=True)
@@ -136,12 +132,7 @@ def _clear_workspace(path: str) -> None:
 
         engine = Engine(data_root)
         engine.runtime_root = runtime_root  # that run's runtime state, not this process's
-        for record in engine.list(all=True):
-            with contextlib.suppress(LabkitError):
-                engine.remove(record.id, force=True, remove_volumes=True)
-        for volume in engine.volumes.list():
-            with contextlib.suppress(LabkitError):
-                engine.volumes.remove(volume.name, force=True)
+        engine.clear(tolerant=True)
     if os.path.isdir(runtime_root):
         for state in runtime.list_containers(root=runtime_root):
             with contextlib.suppress(LabkitError):

@@ -40,6 +40,19 @@ def run_root(lab_tmp):
         os.environ["LABKIT_RUN_ROOT"] = old
 
 
+@pytest.fixture(scope="module")
+def engine_data_root(lab_tmp, request):
+    """An engine data root of the test module's own, with the offline busybox image built in it
+    once (the engine's tests, the engine chapters' checks and the image archive tests use it)."""
+    from labkit.images import builtin
+    from labkit.images.store import Store
+
+    path = os.path.join(lab_tmp, "data-" + request.module.__name__.rpartition(".")[2])
+    os.makedirs(path, exist_ok=True)
+    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)
+    return path
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(lab_tmp):
     return rootfs.build_busybox_rootfs(os.path.join(lab_tmp, "busybox-rootfs"))

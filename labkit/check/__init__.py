@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass
@@ -68,3 +69,24 @@ class Hints:
 
     def reset(self) -> None:
         self.seen.clear()
+
+
+# --- the engine chapters' checks drive labkit as a user does: through its command line --------------
+def labkit_cli(*args: str, timeout: float = 120) -> Any:
+    """`labkit ARGS` in a subprocess (containers are started by separate processes, never by a
+    notebook kernel), with this environment's `labkit` (a kernel's PATH may lack the venv's bin)."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.join(os.path.dirname(sys.executable), "labkit")
+    binary = here if os.access(here, os.X_OK) else "labkit"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def engine():
+    """The engine over this process's data root (a chapter's Workspace sets it)."""
+    from .. import settings
+    from ..engine.containers import Engine
+
+    return Engine(settings.data_root())

@@ -24,7 +24,6 @@ next a pointer, the third the answer (`HINTS.reset()` starts over).
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import io
 import os
@@ -32,55 +31,19 @@ import secrets
 import shlex
 import shutil
 import stat
-import subprocess
-import sys
 import tarfile
 import tempfile
 from typing import Any, Callable, Iterator
 
-from .. import settings
 from ..errors import LabkitError
-from . import Verdict, failed, passed
-
-TIERS = ("nudge", "pointer", "answer")
-
-
-class Hints:
-    """Hints in tiers: each failure of the same kind gets the next tier (nudge, pointer, answer)."""
-
-    def __init__(self) -> None:
-        self.seen: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    def failed(self, exercise: str, kind: str, message: str, tiers: tuple[str, str, str]) -> Verdict:
-        tier = min(self.seen[(exercise, kind)], len(tiers) - 1)
-        self.seen[(exercise, kind)] += 1
-        more = " (check again for a more specific hint)" if tier < len(tiers) - 1 else ""
-        return failed(message, f"[{TIERS[tier]}] {tiers[tier]}{more}")
-
-    def reset(self) -> None:
-        self.seen.clear()
-
+from . import Hints, Verdict, engine, failed, labkit_cli, passed
 
 HINTS = Hints()
 
 
 # --- running labkit -----------------------------------------------------------------------------------
-def _labkit_binary() -> str:
-    """This environment's `labkit` (a notebook kernel's PATH may not hold the venv's bin dir)."""
-    here = os.path.join(os.path.dirname(sys.executable), "labkit")
-    return here if os.access(here, os.X_OK) else "labkit"
-
-
-def _labkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`labkit ARGS` in a subprocess: containers are started by separate processes, never by this one."""
-    return subprocess.run([_labkit_binary(), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def _engine():
-    from ..engine.containers import Engine
-
-    return Engine(settings.data_root())
+_labkit = labkit_cli
+_engine = engine
 
 
 @contextlib.contextmanager

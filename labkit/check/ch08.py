@@ -27,17 +27,13 @@ answer (`HINTS.reset()` starts over).
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import subprocess
-import sys
 import time
 from typing import Callable, Iterator
 
-from .. import settings
 from ..errors import LabkitError
 from ..runtime.store import proc_start_time
-from . import Hints, Verdict, all_of, failed, passed
+from . import Hints, Verdict, all_of, engine, failed, labkit_cli, passed
 
 HINTS = Hints()
 
@@ -55,22 +51,8 @@ RESTART_DEADLINE = 120.0
 
 
 # --- running labkit ------------------------------------------------------------------------------
-def _labkit_binary() -> str:
-    """This environment's `labkit` (a notebook kernel's PATH may not hold the venv's bin dir)."""
-    here = os.path.join(os.path.dirname(sys.executable), "labkit")
-    return here if os.access(here, os.X_OK) else "labkit"
-
-
-def _labkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`labkit ARGS` in a subprocess: containers are started by separate processes, never by this one."""
-    return subprocess.run([_labkit_binary(), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def _engine():
-    from ..engine.containers import Engine
-
-    return Engine(settings.data_root())
+_labkit = labkit_cli
+_engine = engine
 
 
 def _record(name: str):

@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from typing import Any, Iterator
 
 from .. import settings
@@ -33,7 +32,7 @@ from ..runtime import container as rt
 from ..runtime import store as rtstore
 from ..runtime.init import ExecError, wait_for_exit
 from . import faults, logs, mounts, restart, volumes
-from .errors import Conflict, Invalid, NotFound, NotModified
+from .errors import Conflict, Invalid, NotFound
 from .records import ContainerConfig, ContainerRecord, Mount, Store, _flock
 from .status import Event, Status, check, is_running
 from .timefmt import now_ns
@@ -355,6 +354,19 @@ class Engine:
         else:
             self.store.remove(rec.id)
         return rec.id
+
+    def clear(self, tolerant: bool = False) -> tuple[list[str], list[str]]:
+        """Remove every container (killed if running, with its anonymous volumes) and every
+        volume: a chapter's or a test's cleanup. The names that were there; with `tolerant`,
+        one that refuses to go does not stop the rest."""
+        records, vols = self.list(all=True), self.volumes.list()
+        for rec in records:
+            with contextlib.suppress(*((LabkitError,) if tolerant else ())):
+                self.remove(rec.id, force=True, remove_volumes=True)
+        for vol in self.volumes.list():
+            with contextlib.suppress(*((LabkitError,) if tolerant else ())):
+                self.volumes.remove(vol.name, force=True)
+        return [r.name for r in records], [v.name for v in vols]
 
     def _is_anonymous(self, name: str) -> bool:
         with contextlib.suppress(NotFound):

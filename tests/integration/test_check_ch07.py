@@ -10,32 +10,17 @@ import pytest
 
 from labkit.check import ch07
 from labkit.engine.containers import Engine
-from labkit.images import builtin
-from labkit.images.store import Store
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def data_root(lab_tmp):
-    path = os.path.join(lab_tmp, "check-ch07-data")
-    os.makedirs(path, exist_ok=True)
-    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)
-    return path
-
-
 @pytest.fixture(autouse=True)
-def engine_env(data_root, monkeypatch):
+def engine_env(engine_data_root, monkeypatch):
     """The checks run `labkit` in subprocesses: they inherit this data root; hints start at the nudge."""
-    monkeypatch.setenv("LABKIT_DATA_ROOT", data_root)
+    monkeypatch.setenv("LABKIT_DATA_ROOT", engine_data_root)
     ch07.HINTS.reset()
     yield
-    engine = Engine(data_root)
-    left = ([r.name for r in engine.list(all=True)], [v.name for v in engine.volumes.list()])
-    for rec in engine.list(all=True):
-        engine.remove(rec.id, force=True, remove_volumes=True)
-    for vol in engine.volumes.list():
-        engine.volumes.remove(vol.name, force=True)
+    left = Engine(engine_data_root).clear()
     assert left == ([], []), f"the check left containers/volumes behind: {left}"
 
 

@@ -2,42 +2,27 @@
 mistake gets its own hint, and hints grow from a nudge to the answer."""
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
 
-from labkit.check import ch08
+from labkit.check import ch08, labkit_cli
 from labkit.engine.containers import Engine
-from labkit.images import builtin
-from labkit.images.store import Store
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def data_root(lab_tmp):
-    path = os.path.join(lab_tmp, "ch08-data")
-    os.makedirs(path, exist_ok=True)
-    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)  # once, quietly
-    return path
-
-
 @pytest.fixture(autouse=True)
-def engine_env(data_root, monkeypatch):
-    monkeypatch.setenv("LABKIT_DATA_ROOT", data_root)
+def engine_env(engine_data_root, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA_ROOT", engine_data_root)
     ch08.HINTS.reset()
     yield
-    engine = Engine(data_root)
-    leftovers = engine.list(all=True)
-    for rec in leftovers:
-        engine.remove(rec.id, force=True, remove_volumes=True)
+    leftovers, _ = Engine(engine_data_root).clear()
     assert not leftovers, "the check left containers behind"
 
 
 def lk(*args):
-    return subprocess.run([ch08._labkit_binary(), *args], capture_output=True, text=True, timeout=60)
+    return labkit_cli(*args, timeout=60)
 
 
 def status(name):

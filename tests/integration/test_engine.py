@@ -18,29 +18,15 @@ import pytest
 from labkit import doctor
 from labkit.engine import faults
 from labkit.engine.containers import Engine
-from labkit.images import builtin
-from labkit.images.store import Store
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def data_root(lab_tmp):
-    path = os.path.join(lab_tmp, "engine-data")
-    os.makedirs(path, exist_ok=True)
-    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)  # once, quietly
-    return path
-
-
 @pytest.fixture(autouse=True)
-def engine_env(data_root, monkeypatch):
-    monkeypatch.setenv("LABKIT_DATA_ROOT", data_root)
+def engine_env(engine_data_root, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA_ROOT", engine_data_root)
     yield
-    engine = Engine(data_root)
-    for rec in engine.list(all=True):
-        engine.remove(rec.id, force=True, remove_volumes=True)
-    for vol in engine.volumes.list():
-        engine.volumes.remove(vol.name, force=True)
+    Engine(engine_data_root).clear()
 
 
 def lk(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

@@ -129,15 +129,7 @@ def both(scenario, podman: Side, labkit: Side, *args: Any) -> tuple[Any, Any]:
 
 # --- fixtures -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data_root(lab_tmp):
-    path = os.path.join(lab_tmp, "engine-vs-podman-data")
-    os.makedirs(path, exist_ok=True)
-    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)
-    return path
-
-
-@pytest.fixture(scope="module")
-def podman_side(data_root):
+def podman_side(engine_data_root):
     if not shutil.which("podman"):
         pytest.fail("podman is not installed: ./lab.sh setup installs it")
     # Short (conmon's socket paths must fit in 108 bytes) and lower case: podman names the pulled
@@ -150,7 +142,7 @@ def podman_side(data_root):
                 ["--network", "none", "--cgroup-parent", f"/{CGROUP_PARENT}", *ULIMITS],
                 ["--init", "--init-path", ocispec.init_binary()])
     try:
-        store = Store(os.path.join(data_root, "images"))
+        store = Store(os.path.join(engine_data_root, "images"))
         image = builtin.open_image_or_builtin(store, "busybox")
         layout = export_layout(image, os.path.join(base, "layout"), "busybox")
         pulled = side("pull", "-q", f"oci:{layout}:busybox")
@@ -168,17 +160,13 @@ def podman_side(data_root):
 
 
 @pytest.fixture
-def sides(podman_side, data_root):
-    env = dict(os.environ, LABKIT_DATA_ROOT=data_root)
+def sides(podman_side, engine_data_root):
+    env = dict(os.environ, LABKIT_DATA_ROOT=engine_data_root)
     labkit = Side("labkit", ["labkit"], "busybox", [], ["--init"], env)
     yield podman_side, labkit
     podman_side("rm", "--all", "--force", "--time", "0")
     podman_side("volume", "rm", "--all", "--force")
-    engine = Engine(data_root)
-    for rec in engine.list(all=True):
-        engine.remove(rec.id, force=True, remove_volumes=True)
-    for vol in engine.volumes.list():
-        engine.volumes.remove(vol.name, force=True)
+    Engine(engine_data_root).clear()
     assert podman_side.ok("ps", "-aq") == "" and podman_side.ok("volume", "ls", "-q") == ""
 
 

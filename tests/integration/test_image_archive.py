@@ -23,7 +23,6 @@ import tempfile
 import pytest
 
 from labkit.engine.containers import Engine
-from labkit.images import builtin
 from labkit.images.store import Store
 from test_peers_drive_labkit import _remove_cgroup_parent, _unmount_below  # the same podman clean-up
 
@@ -35,21 +34,11 @@ PODMAN_RUN = ["run", "--rm", "--runtime", "runc", "--network", "none", "--cgroup
               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
 
-@pytest.fixture(scope="module")
-def data_root(lab_tmp):
-    path = os.path.join(lab_tmp, "archive-data")
-    os.makedirs(path, exist_ok=True)
-    builtin.ensure(Store(os.path.join(path, "images")), "busybox", notify=None)
-    return path
-
-
 @pytest.fixture(autouse=True)
-def engine_env(data_root, monkeypatch):
-    monkeypatch.setenv("LABKIT_DATA_ROOT", data_root)
+def engine_env(engine_data_root, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA_ROOT", engine_data_root)
     yield
-    engine = Engine(data_root)
-    for rec in engine.list(all=True):
-        engine.remove(rec.id, force=True, remove_volumes=True)
+    Engine(engine_data_root).clear()
 
 
 def lk(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -66,22 +55,22 @@ def ok(result: subprocess.CompletedProcess):
 
 
 @pytest.fixture(scope="module")
-def app(data_root, tmp_path_factory):
+def app(engine_data_root, tmp_path_factory):
     """A two-layer image built by labkit: busybox + a COPY, with its own CMD."""
     context = tmp_path_factory.mktemp("labkit-archive-ctx")
     (context / "greeting").write_text(GREETING)
     (context / "Containerfile").write_text('FROM busybox\nCOPY greeting /greeting\nCMD ["cat", "/greeting"]\n')
-    env = {**os.environ, "LABKIT_DATA_ROOT": data_root}
+    env = {**os.environ, "LABKIT_DATA_ROOT": engine_data_root}
     built = subprocess.run(["labkit", "build", str(context), "-t", IMAGE], capture_output=True, text=True, env=env,
                            timeout=300)
     assert built.returncode == 0, built.stderr
-    return image_id(data_root, IMAGE)
+    return image_id(engine_data_root, IMAGE)
 
 
-def image_id(data_root: str, ref: str) -> str:
+def image_id(engine_data_root: str, ref: str) -> str:
     from labkit.images import inventory
 
-    return inventory.find(Store(os.path.join(data_root, "images")), ref).image.id
+    return inventory.find(Store(os.path.join(engine_data_root, "images")), ref).image.id
 
 
 # --- podman on private storage --------------------------------------------------------------------------
@@ -150,13 +139,13 @@ def podman_app(podman, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
-def test_labkit_loads_and_runs_what_podman_saves(podman, podman_app, data_root, tmp_path, fmt):
+def test_labkit_loads_and_runs_what_podman_saves(podman, podman_app, engine_data_root, tmp_path, fmt):
     path = str(tmp_path / f"pm-{fmt}.tar")
     saved = podman("save", "--format", fmt, "-o", path, "localhost/pmapp:1")
     assert saved.returncode == 0, saved.stderr
     assert ok(lk("load", "-i", path, text=True)) == "Loaded image: localhost/pmapp:1\n"
     try:
-        assert image_id(data_root, "localhost/pmapp:1") == podman_app
+        assert image_id(engine_data_root, "localhost/pmapp:1") == podman_app
         ran = lk("run", "--rm", "localhost/pmapp:1", text=True)
         by_podman = podman(*PODMAN_RUN, "localhost/pmapp:1")
         assert (ran.returncode, ran.stdout) == (0, "built by podman\n") and by_podman.stdout == ran.stdout, ran.stderr
@@ -223,8 +212,8 @@ def rewrite(data: bytes, change) -> bytes:
     return out.getvalue()
 
 
-def test_tampered_archives_are_rejected_and_nothing_is_tagged(app, data_root, tmp_path):
-    store = Store(os.path.join(data_root, "images"))
+def test_tampered_archives_are_rejected_and_nothing_is_tagged(app, engine_data_root, tmp_path):
+    store = Store(os.path.join(engine_data_root, "images"))
     tags, blobs = store.tags(), set(store.blobs())
     docker = ok(lk("save", IMAGE))
     config_name = app.split(":")[1] + ".json"
@@ -271,8 +260,8 @@ def evil_tar(*entries) -> bytes:
     ((("manifest.json", None), ("l", "../../../../tmp"), ("l/labkit-archive-escape", None)), b"outside the archive"),
     ((("d", "sub"), ("d/labkit-archive-escape", None)), b"below the link"),
 ])
-def test_archives_whose_paths_escape_are_refused(data_root, entries, what):
-    store = Store(os.path.join(data_root, "images"))
+def test_archives_whose_paths_escape_are_refused(engine_data_root, entries, what):
+    store = Store(os.path.join(engine_data_root, "images"))
     tags = store.tags()
     done = lk("load", input=evil_tar(*entries))
     assert done.returncode == 1 and what in done.stderr and b"refused" in done.stderr, done.stderr
@@ -280,7 +269,7 @@ def test_archives_whose_paths_escape_are_refused(data_root, entries, what):
 
 
 # --- rmi against the engine's containers ------------------------------------------------------------------
-def test_rmi_refuses_while_a_container_uses_the_image_unless_forced(app, data_root, tmp_path):
+def test_rmi_refuses_while_a_container_uses_the_image_unless_forced(app, engine_data_root, tmp_path):
     archive = str(tmp_path / "keep.tar")
     ok(lk("save", "-o", archive, IMAGE))
     cid = ok(lk("create", "--name", "archive-user", IMAGE, text=True)).strip()
@@ -292,11 +281,11 @@ def test_rmi_refuses_while_a_container_uses_the_image_unless_forced(app, data_ro
     assert by_id.returncode == 1 and "image is being used by stopped container" in by_id.stderr
     forced = lk("rmi", "-f", IMAGE, text=True)
     assert ok(forced) == f"Untagged: {IMAGE}\n"                            # untagged; kept for the container
-    store = Store(os.path.join(data_root, "images"))
+    store = Store(os.path.join(engine_data_root, "images"))
     assert store.has_blob(app) and IMAGE not in store.tags()
     assert ok(lk("start", "-a", "archive-user", text=True)) == GREETING   # the container runs on
     ok(lk("rm", "archive-user"))
-    layers = os.path.join(data_root, "layers", "sha256")
+    layers = os.path.join(engine_data_root, "layers", "sha256")
     top_diff_id = json.loads(store.get_blob(app))["rootfs"]["diff_ids"][-1]
     assert os.path.isdir(os.path.join(layers, top_diff_id.split(":")[1]))
     deleted = ok(lk("rmi", app.split(":")[1][:12], text=True)).splitlines()  # dangling now: by id
@@ -305,7 +294,7 @@ def test_rmi_refuses_while_a_container_uses_the_image_unless_forced(app, data_ro
     assert not os.path.exists(os.path.join(layers, top_diff_id.split(":")[1]))  # its unpacked layer too
     assert ok(lk("run", "--rm", "busybox", "true", text=True)) == ""          # the shared base layer stays
     assert ok(lk("load", "-i", archive, text=True)) == "Loaded image: lkarchive:1\n"   # back, for the others
-    assert image_id(data_root, IMAGE) == app
+    assert image_id(engine_data_root, IMAGE) == app
 
 
 def test_rmi_reports_each_missing_image_and_goes_on(app):
@@ -314,7 +303,7 @@ def test_rmi_reports_each_missing_image_and_goes_on(app):
 
 
 # --- import ----------------------------------------------------------------------------------------------
-def test_import_a_rootfs_tarball_from_stdin_then_run_it(busybox_rootfs, data_root, tmp_path):
+def test_import_a_rootfs_tarball_from_stdin_then_run_it(busybox_rootfs, engine_data_root, tmp_path):
     tree = tmp_path / "extra"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "imported").write_text("imported rootfs\n")
@@ -327,7 +316,7 @@ def test_import_a_rootfs_tarball_from_stdin_then_run_it(busybox_rootfs, data_roo
     image = ok(done).decode().strip()
     assert image.startswith("sha256:") and len(image) == 71
     try:
-        assert image_id(data_root, "lkimported:1") == image
+        assert image_id(engine_data_root, "lkimported:1") == image
         assert ok(lk("run", "--rm", "lkimported:1", text=True)) == "imported rootfs\n"
         assert ok(lk("run", "--rm", "lkimported:1", "sh", "-c", "echo $GREETING", text=True)) == "hi\n"
         refused = lk("import", "--change", "VOLUME /data", "-", input=buf.getvalue(), text=False)
