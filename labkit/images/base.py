@@ -65,7 +65,7 @@ def import_rootfs(store: Store, tarball: str, tag: str | None, run: RunConfig | 
     return write_image(store, config, [layer.descriptor()], tag)
 
 
-CHANGES = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE")
+CHANGES = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "VOLUME")
 
 
 def apply_changes(run: RunConfig, changes: list[str]) -> RunConfig:
@@ -96,6 +96,8 @@ def apply_changes(run: RunConfig, changes: list[str]) -> RunConfig:
             out.user = cf.expand(instr.args, env).strip()
         elif instr.cmd == "LABEL":
             out.labels = {**(out.labels or {}), **dict(cf.key_values(instr.args, "LABEL"))}
+        elif instr.cmd == "VOLUME":
+            out.volumes = {**(out.volumes or {}), **{p: {} for p in cf.volumes(instr, env)}}
         else:  # EXPOSE
             out.exposed_ports = {**(out.exposed_ports or {}), **{p: {} for p in cf.exposed(instr.args)}}
     return out

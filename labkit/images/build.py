@@ -7,7 +7,7 @@
              becomes the new layer
     COPY     files from the build context, staged and written as a layer
     others   change only the config (ENV, WORKDIR, USER, CMD, ENTRYPOINT,
-             LABEL, EXPOSE, ARG) and add a history entry
+             LABEL, EXPOSE, ARG, VOLUME) and add a history entry
 
 The cache: every step has a key chained from the previous step's key, its
 instruction text and — for COPY — a digest of the copied content (names,
@@ -149,7 +149,8 @@ class Builder:
             step = Step(str(instr))
             handler = {"RUN": self._run, "COPY": self._copy, "ENV": self._env, "WORKDIR": self._workdir,
                        "USER": self._user, "CMD": self._cmd, "ENTRYPOINT": self._entrypoint,
-                       "LABEL": self._label, "EXPOSE": self._expose, "ARG": self._arg_step}[instr.cmd]
+                       "LABEL": self._label, "EXPOSE": self._expose, "ARG": self._arg_step,
+                       "VOLUME": self._volume}[instr.cmd]
             handler(state, instr, step, global_args)
             step.seconds = time.monotonic() - began
             steps.append(step)
@@ -226,6 +227,14 @@ class Builder:
         for port in cf.exposed(cf.expand(instr.args, self._variables(state))):
             ports[port] = {}
         state.config.config.exposed_ports = ports
+        self._config_step(state, instr)
+
+    def _volume(self, state: _State, instr: cf.Instruction, step: Step, _g: dict[str, str]) -> None:
+        """VOLUME: mount points the engine gives an anonymous volume (filled from the image)."""
+        volumes = dict(state.config.config.volumes or {})
+        for path in cf.volumes(instr, self._variables(state)):
+            volumes[path] = {}
+        state.config.config.volumes = volumes
         self._config_step(state, instr)
 
     # --- filesystem steps ---

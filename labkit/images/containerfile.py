@@ -1,6 +1,6 @@
 """A Containerfile (Dockerfile) subset: parsing and variable expansion — no execution here.
 
-Supported: FROM, RUN, COPY, ENV, WORKDIR, USER, CMD, ENTRYPOINT, LABEL, EXPOSE,
+Supported: FROM, RUN, COPY, ENV, WORKDIR, USER, CMD, ENTRYPOINT, LABEL, EXPOSE, VOLUME,
 ARG; comments, `\\` line continuations, the shell and JSON ("exec") forms, and
 $VAR / ${VAR} / ${VAR:-default} / ${VAR:+alt} in the instructions Docker
 expands them in (not RUN/CMD/ENTRYPOINT: the shell does that at run time).
@@ -14,9 +14,9 @@ import shlex
 
 from ..errors import LabkitError
 
-INSTRUCTIONS = ("FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE", "ARG")
+INSTRUCTIONS = ("FROM", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE", "ARG", "VOLUME")
 FLAGS = {"FROM": {"platform"}, "COPY": {"chown", "chmod"}, "RUN": set()}
-EXPANDED = {"FROM", "COPY", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "ARG"}
+EXPANDED = {"FROM", "COPY", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "ARG", "VOLUME"}
 _VAR = re.compile(r"\\\$|\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}"
                   r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
@@ -91,7 +91,7 @@ def parse(text: str) -> list[Instruction]:
                                          f"{cmd} accepts: {', '.join('--' + f for f in sorted(FLAGS.get(cmd, ()))) or 'no flags'}")
             flags.append((name, value))
             rest = rest.strip()
-        exec_form = _json_form(rest) if cmd in ("RUN", "CMD", "ENTRYPOINT", "COPY") else None
+        exec_form = _json_form(rest) if cmd in ("RUN", "CMD", "ENTRYPOINT", "COPY", "VOLUME") else None
         if not rest:
             raise ContainerfileError(f"line {number}: {cmd} needs arguments", "see the Dockerfile reference")
         found.append(Instruction(cmd, rest, number, tuple(flags), exec_form))
@@ -155,6 +155,18 @@ def copy_args(instr: Instruction, variables: dict[str, str]) -> tuple[list[str],
         raise ContainerfileError(f"line {instr.line}: COPY needs a source and a destination",
                                  "write COPY <src>... <dest>")
     return parts[:-1], parts[-1]
+
+
+def volumes(instr: Instruction, variables: dict[str, str]) -> list[str]:
+    """VOLUME /data /logs or VOLUME ["/data"]: absolute mount points for anonymous volumes."""
+    paths = [expand(p, variables) for p in (instr.exec_form if instr.exec_form is not None else instr.args.split())]
+    for path in paths:
+        if not path.startswith("/"):
+            raise ContainerfileError(f"line {instr.line}: VOLUME {path!r} is not an absolute path",
+                                     "write VOLUME /data")
+    if not paths:
+        raise ContainerfileError(f"line {instr.line}: VOLUME needs a path", "write VOLUME /data")
+    return paths
 
 
 def exposed(args: str) -> list[str]:

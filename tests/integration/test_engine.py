@@ -346,3 +346,15 @@ def test_start_attach_runs_an_exited_container_again_and_streams_it():
     assert lk("logs", "again").stdout == "run\nrun\n"  # one log across both runs
     upper = json.loads(inspect("again", "{{json .GraphDriver.Data}}"))["UpperDir"]
     assert upper.endswith("/bundle/overlay/upper") and os.path.isdir(upper)
+
+
+def test_an_images_volume_becomes_an_anonymous_volume_filled_from_the_image(tmp_path):
+    (tmp_path / "Containerfile").write_text("FROM busybox\nRUN mkdir /data && echo seed > /data/seed\n"
+                                            "VOLUME /data\nCMD [\"sh\", \"-c\", \"cat /data/seed; echo new >> /data/seed\"]\n")
+    assert lk("build", str(tmp_path), "-t", "withvol").returncode == 0
+    assert lk("run", "--name", "v1", "withvol").stdout == "seed\n"
+    mounts = json.loads(inspect("v1", "{{json .Mounts}}"))
+    assert [(m["Type"], m["Destination"], len(m["Name"])) for m in mounts] == [("volume", "/data", 64)]
+    assert lk("start", "-a", "v1").stdout == "seed\nnew\n"  # the same volume across runs, copied up once
+    assert lk("rm", "-v", "v1").returncode == 0
+    assert mounts[0]["Name"] not in lk("volume", "ls", "-q").stdout  # rm -v took the anonymous volume

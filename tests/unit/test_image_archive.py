@@ -318,7 +318,7 @@ def test_import_changes_edit_the_run_config():
     assert apply_changes(RunConfig(cmd=["sh"]), ['ENTRYPOINT ["/bin/true"]']).cmd is None
 
 
-@pytest.mark.parametrize("change", ["VOLUME /data", "HEALTHCHECK NONE", "ONBUILD RUN x", "RUN echo", ""])
+@pytest.mark.parametrize("change", ["STOPSIGNAL TERM", "HEALTHCHECK NONE", "ONBUILD RUN x", "RUN echo", ""])
 def test_unsupported_import_changes_are_refused_by_name(change):
     with pytest.raises(LabkitError, match="is not supported here") as err:
         apply_changes(RunConfig(), [change])

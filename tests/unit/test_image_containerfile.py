@@ -80,3 +80,12 @@ def test_errors_name_the_line_and_the_fix(text, message):
     with pytest.raises(cf.ContainerfileError, match=message) as err:
         cf.parse(text)
     assert err.value.hint
+
+
+def test_volume_takes_absolute_paths_in_both_forms():
+    from labkit.images import containerfile as cf
+
+    _, shell, exec_form = cf.parse('FROM busybox\nVOLUME /data /logs\nVOLUME ["/cache"]\n')
+    assert cf.volumes(shell, {}) == ["/data", "/logs"] and cf.volumes(exec_form, {}) == ["/cache"]
+    with pytest.raises(cf.ContainerfileError, match="absolute"):
+        cf.volumes(cf.parse("FROM busybox\nVOLUME data\n")[1], {})
