@@ -9,7 +9,8 @@ import pytest
 from labkit.check import ch08, labkit_cli
 from labkit.engine.containers import Engine
 
-pytestmark = pytest.mark.vm
+# Host only: chapter 08's notebook runs these checks with the reference answers on cgroup v2 in the
+# VM; the wrong answers' hints are the same logic on any kernel (and cost the emulated VM minutes).
 
 
 @pytest.fixture(autouse=True)
