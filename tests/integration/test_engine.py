@@ -19,7 +19,10 @@ from labkit import doctor
 from labkit.engine import faults
 from labkit.engine.containers import Engine
 
-pytestmark = pytest.mark.vm
+# On cgroup v2 in the VM: the tests that touch the container's cgroup (the freezer, the OOM count,
+# stats, the cgroup left by a dead monitor) and one run, exec and stop. The rest does not depend on
+# the cgroup version, and each `labkit` call costs seconds in the emulated VM.
+vm = pytest.mark.vm
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +59,7 @@ def test_docker_exit_codes_for_what_cannot_run():
     assert lk("ps", "-aq").stdout == ""
 
 
+@vm
 def test_detached_container_lives_on_with_a_name_logs_exec_and_stop():
     r = lk("run", "-d", "--name", "web", "busybox", "sh", "-c", "echo started; exec sleep 300")
     assert r.returncode == 0, r.stderr
@@ -78,6 +82,7 @@ def test_detached_container_lives_on_with_a_name_logs_exec_and_stop():
     assert lk("inspect", "web").returncode == 1
 
 
+@vm
 def test_init_forwards_term_and_reaps_zombies():
     lk("run", "-d", "--init", "--name", "inited", "busybox", "sh", "-c", "sleep 300 & wait")
     args = inspect("inited", "{{json .Path}} {{json .Args}}")
@@ -106,6 +111,7 @@ def test_stop_cancels_always_and_wait_returns_the_code():
     assert inspect("always", "{{.State.Status}} {{.RestartCount}}") == "exited 0"  # kill is a user stop
 
 
+@vm
 def test_pause_and_unpause_are_states():
     lk("run", "-d", "--name", "frozen", "busybox", "sleep", "300")
     assert lk("pause", "frozen").returncode == 0
@@ -122,6 +128,7 @@ def test_pause_and_unpause_are_states():
     assert lk("rm", "frozen").returncode == 0
 
 
+@vm
 def test_oom_killed_is_recorded():
     r = lk("run", "--name", "hog", "-m", "16m", "--memory-swap", "16m", "busybox",
            "sh", "-c", "head -c 64m /dev/zero | tail > /dev/null")
@@ -173,6 +180,7 @@ def test_copy_up_fills_a_new_volume_from_the_image():
     assert again.stdout.startswith("root:")  # the copy lives in the volume now
 
 
+@vm
 def test_a_dead_monitor_leaves_no_running_record():
     lk("run", "-d", "--name", "orphan", "busybox", "sleep", "300")
     rec = Engine().get("orphan")
@@ -328,6 +336,7 @@ def test_a_full_log_disk_does_not_kill_the_container():
     assert 0 < len(lk("logs", "full").stdout.split()) < 2000
 
 
+@vm
 def test_top_and_stats_read_the_containers_cgroup():
     lk("run", "-d", "--name", "busy", "-m", "64m", "--cpus", "0.5", "busybox", "sh", "-c", "while :; do :; done")
     top = lk("top", "busy").stdout.split("\n")
