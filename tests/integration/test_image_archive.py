@@ -319,8 +319,8 @@ def test_import_a_rootfs_tarball_from_stdin_then_run_it(busybox_rootfs, engine_d
         assert image_id(engine_data_root, "lkimported:1") == image
         assert ok(lk("run", "--rm", "lkimported:1", text=True)) == "imported rootfs\n"
         assert ok(lk("run", "--rm", "lkimported:1", "sh", "-c", "echo $GREETING", text=True)) == "hi\n"
-        refused = lk("import", "--change", "VOLUME /data", "-", input=buf.getvalue(), text=False)
-        assert refused.returncode == 1 and b"VOLUME is not supported" in refused.stderr
+        refused = lk("import", "--change", "HEALTHCHECK NONE", "-", input=buf.getvalue(), text=False)
+        assert refused.returncode == 1 and b"HEALTHCHECK is not supported" in refused.stderr
     finally:
         ok(lk("rmi", "lkimported:1"))
     path = tmp_path / "rootfs.tar"
