@@ -412,8 +412,7 @@ class Engine:
         rec = self.get(ref)
         if rec.state.status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING):
             try:
-                with self._connect(rec) as sock:
-                    sock.sendall(json.dumps({"op": "wait", "started_at": rec.state.started_at}).encode() + b"\n")
+                with self._request(rec, {"op": "wait", "started_at": rec.state.started_at}) as sock:
                     line = sock.makefile("rb").readline()
                 if line:
                     return int(json.loads(line)["exit_code"])
@@ -424,17 +423,20 @@ class Engine:
             rec = self.get(rec.id)
         return rec.state.exit_code
 
-    @contextlib.contextmanager
-    def _connect(self, rec: ContainerRecord) -> Iterator[socket.socket]:
-        """A connection to the monitor's ctl.sock (through /proc/self/fd: a short path)."""
+    def _request(self, rec: ContainerRecord, request: dict[str, Any]) -> socket.socket:
+        """A connection to the monitor's ctl.sock carrying one request line (see
+        labkit.engine.monitor); connected through /proc/self/fd, as sun_path holds 108 bytes."""
         dirfd = os.open(self.store.path(rec.id), os.O_PATH | os.O_DIRECTORY)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(f"/proc/self/fd/{dirfd}/{'ctl.sock'}")
-            yield sock
-        finally:
+            sock.connect(f"/proc/self/fd/{dirfd}/ctl.sock")
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError:
             sock.close()
+            raise
+        finally:
             os.close(dirfd)
+        return sock
 
     def attach(self, ref: str) -> socket.socket:
         """A socket carrying the run's output as Docker's multiplexed stream; what is written
@@ -444,23 +446,16 @@ class Engine:
         # while its new monitor holds the process (the record says running only after that).
         if rec.state.status == Status.DEAD or not self._monitor_alive(rec):
             raise Conflict("You cannot attach to a stopped container, start it first")
-        dirfd = os.open(self.store.path(rec.id), os.O_PATH | os.O_DIRECTORY)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(f"/proc/self/fd/{dirfd}/ctl.sock")
+            return self._request(rec, {"op": "attach"})
         except OSError:
-            sock.close()
             raise Conflict("You cannot attach to a stopped container, start it first") from None
-        finally:
-            os.close(dirfd)
-        sock.sendall(b'{"op": "attach"}\n')
-        return sock
 
     def resize(self, ref: str, height: int, width: int) -> None:
         """The container's terminal size (-t), as `docker attach` sets it on SIGWINCH."""
         rec = self.get(ref)
-        with contextlib.suppress(OSError), self._connect(rec) as sock:
-            sock.sendall(json.dumps({"op": "resize", "height": height, "width": width}).encode() + b"\n")
+        with contextlib.suppress(OSError), self._request(rec, {"op": "resize", "height": height,
+                                                               "width": width}) as sock:
             sock.makefile("rb").readline()
 
     def log_path(self, rec: ContainerRecord) -> str:
@@ -474,7 +469,7 @@ class Engine:
         live = None
         if follow and is_running(rec.state.status):
             with contextlib.suppress(OSError):
-                live = self._follow(rec)  # subscribe first, so nothing falls between file and stream
+                live = self._request(rec, {"op": "follow"})  # subscribe first, so nothing falls between file and stream
         last = 0
         for entry in logs.read_logs(self.log_path(rec), tail=tail, since=since, until=until,
                                     stdout=stdout, stderr=stderr):
@@ -488,19 +483,6 @@ class Engine:
                 wanted = stdout if entry.stream == "stdout" else stderr
                 if entry.time > last and wanted and (until is None or entry.time < until):
                     yield entry
-
-    def _follow(self, rec: ContainerRecord) -> socket.socket:
-        dirfd = os.open(self.store.path(rec.id), os.O_PATH | os.O_DIRECTORY)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(f"/proc/self/fd/{dirfd}/ctl.sock")
-            sock.sendall(b'{"op": "follow"}\n')
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.close(dirfd)
-        return sock
 
     # -- inside a running container ----------------------------------------------------
     def exec(self, ref: str, command: list[str], env: list[str] = (), user: str = "", workdir: str = "",
