@@ -14,8 +14,11 @@ def run_root() -> str:
     return os.environ.get("LABKIT_RUN_ROOT", "/run/labkit")
 
 
+DEFAULT_DATA_ROOT = "/var/lib/labkit"
+
+
 def data_root() -> str:
-    return os.environ.get("LABKIT_DATA_ROOT", "/var/lib/labkit")
+    return os.environ.get("LABKIT_DATA_ROOT", DEFAULT_DATA_ROOT)
 
 
 def runtime_root() -> str:
