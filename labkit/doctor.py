@@ -3,7 +3,9 @@
 Everything labkit makes is findable by name or place (DESIGN.md, "State on
 disk"): mounts under a path component starting with "labkit", netns
 "labkit-*", links "lk*"/"labkit*", cgroups "labkit*", nft table "labkit",
-and container state under the run roots. Nothing else is ever touched.
+container state under the run roots, the namespace holders of labkit.net
+(`python -m labkit.net hold`) and the host sysctls labkit.net recorded before
+changing them. Nothing else is ever touched.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from . import namespaces, procfs, settings
+from . import namespaces, net, procfs, settings
 from .runtime import store
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -117,10 +119,10 @@ def preflight() -> Report:
 # --- leaks ------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Leak:
-    kind: str  # mount | netns | link | cgroup | nft | container | process
+    kind: str  # mount | netns | link | cgroup | nft | container | process | sysctl
     name: str
     pid: int = 0  # for processes
-    path: str = ""  # for a registry process: its labkit-registry-* directory
+    path: str = ""  # for a registry process: its labkit-registry-* directory; for a sysctl: its record
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.name}"
@@ -189,6 +191,33 @@ def _monitor_pids() -> list[int]:
     return pids
 
 
+def _netns_holders() -> list[tuple[int, str]]:
+    """labkit.net.NetnsHolder processes (`python -m labkit.net hold NAME`): (pid, NAME)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        for marker in (b"labkit.net\0hold\0", b"labkit.net hold "):
+            if marker in cmdline:
+                name = cmdline.split(marker, 1)[1].split(b"\0")[0].split(b" ")[0]
+                found.append((int(entry), name.decode(errors="replace")))
+                break
+    return found
+
+
+def _sysctl_records() -> list[str]:
+    """The labkit.net records of changed host sysctls: the current run root's, and those of
+    the other run roots found (a test session's, say)."""
+    roots = {settings.run_root(), "/run/labkit"} | {os.path.dirname(r) for r in _run_roots()}
+    return sorted(p for p in (os.path.join(r, os.path.basename(net.sysctl_record())) for r in roots)
+                  if os.path.isfile(p))
+
+
 _REGISTRY_BINARIES = {b"docker-registry", b"registry"}
 
 
@@ -225,11 +254,15 @@ def leaks() -> list[Leak]:
     found += [Leak("process", f"monitor pid {p}", pid=p) for p in _monitor_pids()]
     found += [Leak("process", f"registry pid {p} ({config})", pid=p, path=os.path.dirname(config))
               for p, config in _registry_processes()]
+    found += [Leak("process", f"netns holder {name} (pid {p})", pid=p) for p, name in _netns_holders()]
+    for record in _sysctl_records():
+        found += [Leak("sysctl", f"{key} (was {value})", path=record)
+                  for key, value in net.changed_host_sysctls(record).items()]
     return found
 
 
 # --- reset ----------------------------------------------------------------------------------
-_REMOVAL_ORDER = ("container", "process", "mount", "netns", "link", "nft", "cgroup")
+_REMOVAL_ORDER = ("container", "process", "mount", "netns", "link", "nft", "cgroup", "sysctl")
 
 
 def reset(only: list[Leak] | None = None) -> list[str]:
@@ -259,6 +292,9 @@ def remove(leak: Leak) -> list[str]:
         return done
     if leak.kind == "cgroup":
         return _remove_cgroup_tree(leak.name)
+    if leak.kind == "sysctl":  # write back the value labkit found
+        key = leak.name.split(" (was ", 1)[0]
+        return [f"restored {done}" for done in net.restore_host_sysctls(only=[key], record=leak.path or None)]
     command = {"mount": ["umount", "-l", leak.name], "netns": ["ip", "netns", "delete", leak.name],
                "link": ["ip", "link", "delete", leak.name], "nft": ["nft", "delete", *leak.name.split()]}[leak.kind]
     subprocess.run(command, capture_output=True)
