@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 from . import namespaces, net, procfs, settings
 from .runtime import store
@@ -176,36 +177,31 @@ def _run_roots() -> list[str]:
     return sorted(r for r in roots if os.path.isdir(r))
 
 
-def _monitor_pids() -> list[int]:
-    pids = []
+def _cmdlines() -> Iterator[tuple[int, bytes]]:
+    """(pid, raw /proc/PID/cmdline) of every other process that still exists."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
+                yield int(entry), f.read()
         except OSError:
             continue
-        if b"labkit.monitor" in cmdline or b"labkit.engine.monitor" in cmdline:
-            pids.append(int(entry))
-    return pids
+
+
+def _monitor_pids() -> list[int]:
+    return [pid for pid, cmdline in _cmdlines()
+            if b"labkit.monitor" in cmdline or b"labkit.engine.monitor" in cmdline]
 
 
 def _netns_holders() -> list[tuple[int, str]]:
     """labkit.net.NetnsHolder processes (`python -m labkit.net hold NAME`): (pid, NAME)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
+    for pid, cmdline in _cmdlines():
         for marker in (b"labkit.net\0hold\0", b"labkit.net hold "):
             if marker in cmdline:
                 name = cmdline.split(marker, 1)[1].split(b"\0")[0].split(b" ")[0]
-                found.append((int(entry), name.decode(errors="replace")))
+                found.append((pid, name.decode(errors="replace")))
                 break
     return found
 
@@ -226,19 +222,13 @@ def _registry_processes() -> list[tuple[int, str]]:
     and the one `labkit registry start` runs (labkit.registry.service)."""
     ours = settings.registry_state() + os.sep  # `labkit registry start`'s, wherever the run root is
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, cmdline in _cmdlines():
+        argv = cmdline.split(b"\0")
         if argv and os.path.basename(argv[0]) in _REGISTRY_BINARIES:
             args = [a.decode(errors="replace") for a in argv[1:]]
             config = next((a for a in args if _is_labkit_path(a) or a.startswith(ours)), None)
             if config:
-                found.append((int(entry), config))
+                found.append((pid, config))
     return found
 
 

@@ -156,6 +156,14 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 
 # --- namespaces ---------------------------------------------------------------------------
+def _open_netns(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise NetError(f"{what}: cannot open the namespace: {err.strerror}",
+                       "the process holding it has exited, or the path is wrong") from None
+
+
 def run_in_netns(ns: int | str, fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) inside the network namespace `ns` (a pid, or a path such as /proc/PID/ns/net).
 
@@ -164,11 +172,7 @@ def run_in_netns(ns: int | str, fn: Callable[..., T], *args: Any) -> T:
     back pickled over a pipe, so it must be picklable.
     """
     path = _ns_path(ns)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise NetError(f"cannot open network namespace {path}: {err.strerror}",
-                       "the process holding it has exited, or the path is wrong") from None
+    fd = _open_netns(path, f"network namespace {path}")
     try:
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -435,11 +439,7 @@ def create_veth(host_name: str, ns: int | str, *, bridge: str | None, ifname: st
         except Exception as err:  # noqa: BLE001
             raise _net_error(f"{what}: step '{step}'", err) from None
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise NetError(f"{what}: cannot open the namespace: {err.strerror}",
-                       "the process holding it has exited, or the path is wrong") from None
+    fd = _open_netns(path, what)
     try:
         _netlink(make, fd)
     finally:

@@ -217,7 +217,7 @@ def test_run_in_netns_returns_and_reraises(lab):
     with pytest.raises(net.NetError) as info:
         net.run_in_netns(lab.c1.pid, fail)
     assert (info.value.what, info.value.hint) == ("inside", "do this")
-    with pytest.raises(net.NetError, match="cannot open network namespace"):
+    with pytest.raises(net.NetError, match="cannot open the namespace"):
         net.run_in_netns("/proc/0/ns/net", int)
     assert os.stat("/proc/self/ns/net").st_ino == own  # the caller never moved
 
