@@ -20,7 +20,8 @@ APT_PACKAGES=(python3 python3-venv python3-dev gcc busybox-static runc crun ipro
               docker-registry skopeo openssl  # chapter 05 / labkit.registry: a loopback registry and a peer
               # peers the tests compare labkit with: engines that drive labkit-runc, image tools
               podman containerd umoci buildah oci-image-tool
-              tini)  # labkit run --init: docker-init is tini (its static build goes into the container)
+              tini  # labkit run --init: docker-init is tini (its static build goes into the container)
+              curl)  # the README's published-port example
 DISABLED_SERVICES=(docker-registry containerd)  # the lab runs its own, on loopback or a private socket
 
 say() { printf '\033[1m[lab]\033[0m %s\n' "$*" >&2; }

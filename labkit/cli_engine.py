@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from .engine import inspect as insp
 from .engine import logs as lg
 from .engine import mounts as mnt
+from .engine import networking
 from .engine import restart
 from .engine.errors import EngineError, NotModified
 from .engine.records import ContainerConfig, Resources
@@ -73,6 +74,15 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
                    help="json-file log options: max-size, max-file")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
+                   help="bridge (default), host, none, container:NAME, or a network's name")
+    p.add_argument("--ip", default="", help="the container's IPv4 address on a user network")
+    p.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
+                   help="another name the container has on a user network's DNS")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+                   help="publish a container port on the host (e.g. 127.0.0.1:8080:80)")
+    p.add_argument("-P", "--publish-all", action="store_true", help="publish every EXPOSEd port on a free host port")
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="upstream DNS server")
     p.add_argument("image", help="the image (busybox works offline)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
 
@@ -92,7 +102,9 @@ def config_from(args: argparse.Namespace) -> ContainerConfig:
         open_stdin=args.interactive, resources=_resources(args),
         log_opts=dict(_pair(o, "log-opt") for o in args.log_opt),
         cap_add=tuple(args.cap_add), cap_drop=tuple(args.cap_drop), privileged=args.privileged,
-        read_only=args.read_only)
+        read_only=args.read_only, network_mode=args.network, ip=args.ip, aliases=tuple(args.network_alias),
+        ports=tuple(p for value in args.publish for p in networking.parse_publish(value)),
+        publish_all=args.publish_all, dns=tuple(args.dns))
 
 
 def _env(item: str) -> str:
@@ -381,13 +393,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         try:
             rec = engine.get(ref)
             found.append(insp.container_json(rec, engine.store.path(rec.id, "bundle"), engine.log_path(rec),
-                                             engine.volumes.path))
+                                             engine.volumes.path, engine.networks.of_container(rec.id)))
         except EngineError:
             try:
                 found.append(engine.volumes.inspect(ref))
             except EngineError:
-                print(f"Error: No such object: {ref}", file=sys.stderr)
-                failed = True
+                try:
+                    found.append(network_json(engine, engine.networks.get(ref)))
+                except EngineError:
+                    print(f"Error: No such object: {ref}", file=sys.stderr)
+                    failed = True
     if args.format == "json" or not args.format:
         if found or not failed:
             print(json.dumps(found, indent=4))
@@ -501,6 +516,72 @@ def cmd_volume(args: argparse.Namespace) -> int:
         gone = engine.prune_volumes(all=args.all)
         print("Deleted Volumes:\n" + "".join(n + "\n" for n in gone) if gone else "", end="")
         print(f"Total reclaimed volumes: {len(gone)}")
+    return 0
+
+
+# -- networks -------------------------------------------------------------------------------------
+def network_json(engine: Any, net: Any) -> dict[str, Any]:
+    """`docker network inspect`'s object."""
+    names = engine.store.names()
+    return {
+        "Name": net.name, "Id": net.id, "Created": insp.rfc3339_nano(net.created), "Scope": "local",
+        "Driver": net.driver, "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": {},
+                 "Config": [{"Subnet": net.subnet, "Gateway": net.gateway}] if net.subnet else []},
+        "Internal": net.internal, "Attachable": False, "Ingress": False,
+        "Containers": {cid: {"Name": names.get(cid, ""), "EndpointID": ep.link, "MacAddress": ep.mac,
+                             "IPv4Address": f"{ep.ip}/{net.prefix_len}", "IPv6Address": ""}
+                       for cid, ep in net.endpoints.items()},
+        "Options": {"com.docker.network.bridge.name": net.link} if net.link else {},
+        "Labels": dict(net.labels),
+    }
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    engine = _engine()
+    verb = args.network_command
+    if verb == "create":
+        net = engine.networks.create(args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal,
+                                     labels=dict(_pair(label, "label") for label in args.label), driver=args.driver)
+        networking.sync_rules(engine.data_root)
+        print(net.id)
+    elif verb == "ls":
+        nets = engine.networks.list()
+        if args.quiet:
+            print("".join(n.id[:12] + "\n" for n in nets), end="")
+        else:
+            print(insp.table([{"Id": n.id[:12], "Name": n.name, "Driver": n.driver, "Scope": "local"} for n in nets],
+                             (("NETWORK ID", "Id"), ("NAME", "Name"), ("DRIVER", "Driver"), ("SCOPE", "Scope"))))
+    elif verb == "inspect":
+        print(json.dumps([network_json(engine, engine.networks.get(n)) for n in args.names], indent=4))
+    elif verb == "rm":
+        def remove(name: str) -> None:
+            engine.networks.remove(name)
+            networking.sync_rules(engine.data_root)
+        failed = _each(args.names, remove)
+        networking.restore_forwarding()
+        return failed
+    elif verb == "prune":
+        gone = [n.name for n in engine.networks.list() if not n.predefined and not n.endpoints]
+        for name in gone:
+            engine.networks.remove(name)
+        networking.sync_rules(engine.data_root)
+        networking.restore_forwarding()
+        print("Deleted Networks:\n" + "".join(n + "\n" for n in gone) if gone else "", end="")
+    elif verb == "connect":
+        engine.connect(args.network, args.container, aliases=args.alias, ip=args.ip or None)
+    elif verb == "disconnect":
+        engine.disconnect(args.network, args.container, force=args.force)
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """`docker port`: where the container's ports are published."""
+    rec = _engine().get(args.container)
+    for p in rec.state.ports:
+        key = f"{p['container_port']}/{p['proto']}"
+        if args.port in (None, key, str(p["container_port"])):
+            print((f"{key} -> " if args.port is None else "") + f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}")
     return 0
 
 
@@ -618,3 +699,34 @@ def add_verbs(sub: Any) -> None:
     vp = vsub.add_parser("prune", help="remove anonymous volumes no container uses")
     vp.add_argument("-a", "--all", action="store_true", help="named ones too")
     vol.set_defaults(func=cmd_volume)
+
+    net = sub.add_parser("network", help="manage networks")
+    nsub = net.add_subparsers(dest="network_command", required=True)
+    nc = nsub.add_parser("create", help="create a bridge network (isolated; containers resolve each other by name)")
+    nc.add_argument("name")
+    nc.add_argument("--subnet", help="its IPv4 subnet in CIDR notation (default: a free /24 of 10.210.0.0/16)")
+    nc.add_argument("--gateway", help="the bridge's address (default: the subnet's first)")
+    nc.add_argument("--internal", action="store_true", help="no way out: no NAT, no route beyond the bridge")
+    nc.add_argument("-d", "--driver", default="bridge", help="bridge (the only driver labkit has)")
+    nc.add_argument("--label", action="append", default=[])
+    nl = nsub.add_parser("ls", help="list networks")
+    nl.add_argument("-q", "--quiet", action="store_true")
+    ni = nsub.add_parser("inspect", help="a network's details and its containers")
+    ni.add_argument("names", nargs="+")
+    nr = nsub.add_parser("rm", help="remove networks (not while containers use them)")
+    nr.add_argument("names", nargs="+")
+    nsub.add_parser("prune", help="remove every user network no container uses")
+    ncon = nsub.add_parser("connect", help="connect a container to a network")
+    ncon.add_argument("--ip", default="")
+    ncon.add_argument("--alias", action="append", default=[])
+    ncon.add_argument("network")
+    ncon.add_argument("container")
+    ndis = nsub.add_parser("disconnect", help="disconnect a container from a network")
+    ndis.add_argument("-f", "--force", action="store_true")
+    ndis.add_argument("network")
+    ndis.add_argument("container")
+    net.set_defaults(func=cmd_network)
+    port = sub.add_parser("port", help="the published ports of a container")
+    port.add_argument("container")
+    port.add_argument("port", nargs="?", help="PORT[/PROTO]")
+    port.set_defaults(func=cmd_port)

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 from typing import Any, Iterator
 
 from .. import settings
@@ -31,7 +32,7 @@ from ..errors import LabkitError
 from ..runtime import container as rt
 from ..runtime import store as rtstore
 from ..runtime.init import ExecError, wait_for_exit
-from . import faults, logs, mounts, restart, volumes
+from . import faults, logs, mounts, networking, restart, volumes
 from .errors import Conflict, Invalid, NotFound
 from .records import ContainerConfig, ContainerRecord, Mount, Store, _flock
 from .status import Event, Status, check, is_running
@@ -46,8 +47,10 @@ class Engine:
 
     def __init__(self, data_root: str | None = None) -> None:
         root = data_root or settings.data_root()
+        self.data_root = root
         self.store = Store(os.path.join(root, "containers"))
         self.volumes = volumes.VolumeStore(os.path.join(root, "volumes"))
+        self.networks = networking.NetworkStore(os.path.join(root, "networks"))
         self.runtime_root = settings.runtime_root()
 
     def __repr__(self) -> str:
@@ -91,7 +94,13 @@ class Engine:
         mounts.check_unique_targets(config.mounts)
         if config.init:
             ocispec.init_binary()
+        config = networking.check(config, self.store, self.networks)
         image = self.image(config.image)
+        if config.publish_all:  # -P: each EXPOSE not published with -p gets a free host port
+            given = {networking.port_key(p) for p in config.ports}
+            config = dataclasses.replace(config, ports=config.ports + tuple(
+                p for p in networking.exposed_ports(image.config.config.exposed_ports)
+                if networking.port_key(p) not in given))
         made_volumes: list[str] = []
         try:
             resolved = self._resolve_volumes(config, image, made_volumes)
@@ -108,10 +117,14 @@ class Engine:
         with _flock(self.store.path(record.id, CREATE_LOCK)):
             faults.point("create:record-written")
             try:
+                networking.join(record, self.networks)
                 oci = mounts.oci_mounts(list(config.mounts), self.volumes.path)
-                bundle = ocispec.write_bundle(self.store.path(record.id, "bundle"), image, record.id, config, oci)
+                files = networking.files(record, self.store.path(record.id), self.networks)
+                bundle = ocispec.write_bundle(self.store.path(record.id, "bundle"), image, record.id, config,
+                                              oci + files, init_files=[m.destination for m in files])
                 self._populate_volumes(config, bundle)
             except BaseException:
+                self.networks.release(record.id)
                 self.store.remove(record.id)
                 self._drop_volumes(made_volumes)
                 raise
@@ -353,6 +366,7 @@ class Engine:
             self.remove_after_exit(rec.id)
         else:
             self.store.remove(rec.id)
+            self._leave_networks(rec.id)
         return rec.id
 
     def clear(self, tolerant: bool = False) -> tuple[list[str], list[str]]:
@@ -366,7 +380,53 @@ class Engine:
         for vol in self.volumes.list():
             with contextlib.suppress(*((LabkitError,) if tolerant else ())):
                 self.volumes.remove(vol.name, force=True)
+        self.clear_networks()
         return [r.name for r in records], [v.name for v in vols]
+
+    # -- networks ----------------------------------------------------------------------
+    def _leave_networks(self, cid: str) -> None:
+        """A removed container's addresses are free; the nft table and ip_forward follow."""
+        if self.networks.release(cid):
+            networking.sync_rules(self.data_root)
+            networking.restore_forwarding()
+
+    def clear_networks(self) -> list[str]:
+        """Every network of this data root, its bridge and nft table; ip_forward restored once
+        no labkit bridge is left on the host."""
+        if not os.path.isdir(self.networks.root):
+            return []
+        gone = self.networks.remove_all()
+        networking.sync_rules(self.data_root)
+        networking.restore_forwarding()
+        return gone
+
+    def connect(self, network: str, ref: str, aliases: list[str] | None = None, ip: str | None = None) -> None:
+        """`docker network connect`: an address on the network, and a veth now if it runs."""
+        rec = self.get(ref)
+        if rec.config.network_mode in ("host", "none") or rec.config.network_mode.startswith("container:"):
+            raise Invalid(f"container sharing network namespace with another container or host cannot be "
+                          f"connected to any other network (its mode is {rec.config.network_mode})")
+        net = self.networks.connect(network, rec.id, aliases=aliases, ip=ip)
+        if rec.state.status in (Status.RUNNING, Status.PAUSED):
+            try:
+                networking.attach_running(rec, net, self.data_root)
+            except BaseException:
+                self.networks.disconnect(net.id, rec.id)
+                raise
+
+    def disconnect(self, network: str, ref: str, force: bool = False) -> None:
+        rec = self.get(ref)
+        net = self.networks.get(network)
+        ep = net.endpoints.get(rec.id)
+        if ep is None:
+            raise NotFound(f"container {rec.id[:12]} is not connected to network {net.name}")
+        networking.detach(ep)
+        self.networks.disconnect(net.id, rec.id)
+        networking.sync_rules(self.data_root)
+
+    def network_users(self, network: str) -> list[ContainerRecord]:
+        net = self.networks.get(network)
+        return [r for r in self.store.list() if r.id in net.endpoints]
 
     def _is_anonymous(self, name: str) -> bool:
         with contextlib.suppress(NotFound):
@@ -396,6 +456,7 @@ class Engine:
         """--rm: the monitor removes its exited container, and its anonymous volumes."""
         rec = self.store.load(cid)
         self.store.remove(cid)
+        self._leave_networks(cid)
         for m in rec.config.mounts:
             if m.type == "volume" and self._is_anonymous(m.source) and not self.volume_users(m.source):
                 with contextlib.suppress(LabkitError):
@@ -585,6 +646,9 @@ def _monitor_env(engine: Engine) -> dict[str, str]:
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # -S skips site: the packages networking needs (pyroute2, dnslib) come from this interpreter's
+    # site-packages, which the monitor appends to its path (after the standard library; no .pth runs).
+    env["LABKIT_SITE_PACKAGES"] = sysconfig.get_paths()["purelib"]
     env["LABKIT_DATA_ROOT"] = os.path.dirname(engine.store.root)
     return env
 

@@ -18,8 +18,10 @@ from .status import Status, inspect_state
 from .timefmt import now_ns, rfc3339_nano
 
 
-def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path: Any) -> dict[str, Any]:
-    """`docker inspect CONTAINER`'s object (the fields labkit has)."""
+def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path: Any,
+                   networks: list[Any] = ()) -> dict[str, Any]:
+    """`docker inspect CONTAINER`'s object (the fields labkit has); `networks` is the
+    container's (Network, Endpoint) pairs."""
     c, st = rec.config, rec.state
     try:
         process = Spec.load(bundle).process
@@ -56,7 +58,12 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
             "Binds": [f"{m.source}:{m.target}" + (":ro" if m.read_only else "")
                       for m in c.mounts if m.type == "bind"] or None,
             "Tmpfs": {m.target: ",".join(m.options) for m in c.mounts if m.type == "tmpfs"} or None,
+            "NetworkMode": c.network_mode,
+            "PortBindings": port_bindings([p.__dict__ for p in c.ports]),
+            "PublishAllPorts": c.publish_all,
+            "Dns": list(c.dns),
         },
+        "NetworkSettings": network_settings(rec, networks),
         "Mounts": [mount_json(m, volume_path) for m in c.mounts if m.type != "tmpfs"],
         "Config": {
             "Hostname": c.hostname or short_id(rec.id),
@@ -73,6 +80,36 @@ def container_json(rec: ContainerRecord, bundle: str, log_path: str, volume_path
             **({"StopTimeout": c.stop_timeout} if c.stop_timeout is not None else {}),
         },
     }
+
+
+def port_bindings(ports: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}: Docker's shape ("" port: any)."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in ports:
+        out.setdefault(f"{p['container_port']}/{p['proto']}", []).append(
+            {"HostIp": p["host_ip"], "HostPort": str(p["host_port"] or "")})
+    return out
+
+
+def network_settings(rec: ContainerRecord, networks: list[Any]) -> dict[str, Any]:
+    """NetworkSettings: each network's address, gateway and MAC; the ports published now."""
+    nets = {net.name: {"IPAMConfig": {"IPv4Address": rec.config.ip} if rec.config.ip and i == 0 else None,
+                       "Aliases": list(ep.aliases) or None, "NetworkID": net.id, "EndpointID": ep.link,
+                       "Gateway": net.gateway, "IPAddress": ep.ip, "IPPrefixLen": net.prefix_len,
+                       "MacAddress": ep.mac} for i, (net, ep) in enumerate(networks)}
+    if rec.config.network_mode in ("host", "none"):
+        nets = {rec.config.network_mode: {"NetworkID": "", "IPAddress": "", "Gateway": "", "MacAddress": ""}}
+    first = next(iter(nets.values()), {}) if "bridge" in nets else {}
+    return {"Networks": nets, "Ports": port_bindings(rec.state.ports),
+            "IPAddress": first.get("IPAddress", ""), "Gateway": first.get("Gateway", ""),
+            "MacAddress": first.get("MacAddress", ""),
+            "SandboxKey": f"/proc/{rec.state.pid}/ns/net" if rec.state.pid else ""}
+
+
+def ports_text(ports: list[dict[str, Any]]) -> str:
+    """`docker ps`'s PORTS: 127.0.0.1:8080->80/tcp, 0.0.0.0:32768->53/udp."""
+    return ", ".join(f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}->{p['container_port']}/{p['proto']}"
+                     for p in ports)
 
 
 def graph_driver(bundle: str) -> dict[str, Any]:
@@ -162,7 +199,7 @@ def ps_row(rec: ContainerRecord, args: list[str], now: int | None = None) -> dic
         "RunningFor": human_duration(((now or now_ns()) - rec.state.created_at) / 1e9) + " ago",
         "Status": status_text(rec, now),
         "State": Status(rec.state.status).value,
-        "Ports": "",
+        "Ports": ports_text(rec.state.ports),
         "Names": rec.name,
         "Labels": ",".join(f"{k}={v}" for k, v in sorted(rec.config.labels.items())),
         "Mounts": ",".join(m.source or m.target for m in rec.config.mounts if m.type == "volume"),

@@ -104,6 +104,7 @@ class Monitor:
         self.console_listener: socket.socket | None = None
         self.started_at = 0
         self.last_exit = 0
+        self.dns: Any = None  # the embedded DNS server while the container runs on a user network
         os.chdir(self.dir)  # ctl.sock by a short relative name (sun_path holds 108 bytes)
         if os.path.lexists(CTL_SOCKET):
             os.unlink(CTL_SOCKET)
@@ -221,6 +222,7 @@ class Monitor:
         """Create the container with our pipes as its stdio; its pid and the read ends.
         With a terminal (-t), its stdio is a pty whose master the runtime sends us
         through a console socket (as runc sends it to conmon): see `receive_console`."""
+        self.join_network_namespace()
         if self.record.config.tty:
             return self.create_with_terminal()
         out_r, out_w = os.pipe()
@@ -263,6 +265,57 @@ class Monitor:
             raise
         finally:
             shutil.rmtree(console_dir, ignore_errors=True)  # the bound socket keeps working unnamed
+
+    def join_network_namespace(self) -> None:
+        """--network container:ID: the bundle names that container's namespace as it is now."""
+        from . import networking
+
+        path = networking.netns_path(self.record, self.store)
+        if path is not None:
+            from ..runtime.spec import Spec
+
+            bundle = self.store.path(self.cid, "bundle")
+            spec = Spec.load(bundle)
+            for ns in spec.linux.namespaces:
+                if ns.type == "network":
+                    ns.path = path
+            spec.save(bundle)
+
+    # -- networking, between create and start --------------------------------------------
+    def wire(self, pid: int) -> None:
+        """Ports chosen, veths into the created container, nft table, DNS server (networking)."""
+        from . import networking
+
+        mode = self.record.config.network_mode
+        if mode == "host" or mode.startswith("container:"):
+            return
+        if self.record.config.ports:
+            with networking.NetworkStore.host_lock():  # two starts never take the same free port
+                ports = networking.choose_ports(self.record, self.store)
+                with self.store.edit(self.cid) as rec:
+                    rec.state.ports = ports
+                    self.record = rec
+        self.dns = networking.before_start(self.record, pid, os.path.dirname(self.store.root))
+        if self.dns is not None:
+            for fd in self.dns.fds():
+                self.watch(fd, lambda fd, ev: self.dns.on_ready(fd))
+
+    def unwire(self) -> None:
+        """After a run: the DNS server closed, the ports unpublished."""
+        from . import networking
+
+        if self.dns is not None:
+            for fd in self.dns.fds():
+                self.unwatch(fd)
+            self.dns.close()
+            self.dns = None
+        mode = self.record.config.network_mode
+        if mode == "host" or mode.startswith("container:"):
+            return
+        with self.store.edit(self.cid) as rec:
+            rec.state.ports = []
+            self.record = rec
+        networking.after_exit(self.record, os.path.dirname(self.store.root))
 
     def receive_console(self) -> list[int]:
         """The pty master the init sent (it did so before it exec'd, so it is queued by now)."""
@@ -384,6 +437,7 @@ class Monitor:
             try:
                 pid, pipes = self.create()
                 faults.point("monitor:created")
+                self.wire(pid)
                 if first and self.hold:
                     os.write(ready_fd, json.dumps({"pid": pid, "held": True}).encode() + b"\n")
                     deadline = time.monotonic() + HOLD_SECONDS
@@ -395,6 +449,7 @@ class Monitor:
                 faults.point("monitor:started")
             except LabkitError as err:
                 self._discard_runtime_state()
+                self.unwire()
                 if first:
                     reply = {"error": err.what, "hint": err.hint}
                     if isinstance(err, init.ExecError):
@@ -413,6 +468,7 @@ class Monitor:
             self.master = None  # closed with the other outputs
             oom = self._oom_killed()
             self._discard_runtime_state()
+            self.unwire()
             if self.stdin_w is not None:
                 os.close(self.stdin_w)
                 self.stdin_w = None
@@ -486,6 +542,9 @@ def main(argv: list[str]) -> int:
         return 2
     from .. import sys as lsys
 
+    site = os.environ.get("LABKIT_SITE_PACKAGES")
+    if site and site not in sys.path:  # pyroute2 and dnslib, for networking (we run with -S)
+        sys.path.append(site)
     lsys.set_child_subreaper()
     return Monitor(argv[0], hold=argv[2:] == ["--hold"]).main(int(argv[1]))
 

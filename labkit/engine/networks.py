@@ -348,12 +348,23 @@ class NetworkStore:
             self._save(net)
         return net
 
-    def release(self, cid: str) -> None:
-        """Every endpoint of a removed container: its addresses are free again."""
+    def release(self, cid: str) -> list[Network]:
+        """Every endpoint of a removed container: its addresses are free again. The networks
+        it left; the default bridge's link goes with its last endpoint (made again on demand)."""
+        from .. import net as knet
+
+        left = []
+        if not os.path.isdir(self.root):
+            return left
         with self.lock():
             for net in self._all():
                 if net.endpoints.pop(cid, None) is not None:
                     self._save(net)
+                    left.append(net)
+                    if net.name == "bridge" and not net.endpoints:
+                        with self.host_lock():
+                            knet.delete_link(net.link)
+        return left
 
     def set_link(self, ref: str, cid: str, link: str) -> None:
         """Record the host end of a running container's veth (or "" once it is gone)."""

@@ -36,8 +36,9 @@ VolumePath = Callable[[str], str]  # volume name -> its directory on the host
 
 
 def write_bundle(path: str, image: Image, cid: str, config: ContainerConfig,
-                 oci_mounts: list[OciMount]) -> Bundle:
-    """The container's bundle at `path`, from its image and its record's config."""
+                 oci_mounts: list[OciMount], init_files: list[str] = ()) -> Bundle:
+    """The container's bundle at `path`, from its image and its record's config; `init_files`
+    are the mount points of files the engine binds in (/etc/hosts…), made in an init layer."""
     run = image.config.config
     image_config = dataclasses.replace(image.config, config=dataclasses.replace(
         run, user=config.user or run.user, working_dir=config.working_dir or run.working_dir))
@@ -46,13 +47,14 @@ def write_bundle(path: str, image: Image, cid: str, config: ContainerConfig,
     def edit(spec: Spec) -> None:
         for option in (with_process(config), with_docker_defaults(), with_capabilities(config),
                        with_mounts(oci_mounts), with_root_propagation(config), with_resources(config),
-                       with_init(config)):
+                       with_init(config), with_network(config)):
             option(spec)
         spec.annotations = {**(spec.annotations or {}), **dict(config.labels)}
 
     return create_bundle(image, path, args=list(config.command) or None,
                          entrypoint=None if config.entrypoint is None else list(config.entrypoint),
-                         env=list(config.env), hostname=config.hostname or short_id(cid), edit=edit)
+                         env=list(config.env), hostname=config.hostname or short_id(cid), edit=edit,
+                         init_files=init_files)
 
 
 SpecOption = Callable[[Spec], None]
@@ -139,6 +141,15 @@ def with_resources(config: ContainerConfig) -> SpecOption:
         if r.pids_limit is not None:
             res["pids"] = {"limit": r.pids_limit}
         spec.linux.resources = res
+    return apply
+
+
+def with_network(config: ContainerConfig) -> SpecOption:
+    """--network host: no network namespace of its own (the host's links, ports and routes).
+    container:ID joins the other's namespace: its path is set at each start (the pid changes)."""
+    def apply(spec: Spec) -> None:
+        if config.network_mode == "host" and spec.linux:
+            spec.linux.namespaces = [ns for ns in spec.linux.namespaces if ns.type != "network"]
     return apply
 
 

@@ -58,6 +58,16 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class PortSpec:
+    """One -p: container_port/proto published on host_ip:host_port (0: a free port at start)."""
+
+    container_port: int
+    proto: str = "tcp"
+    host_ip: str = ""        # "": every address of the host
+    host_port: int = 0
+
+
+@dataclass(frozen=True)
 class ContainerConfig:
     """What the user asked for at create; never changes afterwards."""
 
@@ -84,13 +94,19 @@ class ContainerConfig:
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
     read_only: bool = False                     # --read-only: the root filesystem
+    network_mode: str = "bridge"                # bridge | host | none | container:<id> | a network's name
+    ip: str = ""                                # --ip on that network
+    aliases: tuple[str, ...] = ()               # --network-alias
+    ports: tuple[PortSpec, ...] = ()            # -p (and -P: the image's EXPOSE, host_port 0)
+    dns: tuple[str, ...] = ()                   # --dns: upstream servers
+    publish_all: bool = False                   # -P: the image's EXPOSE ports too (added at create)
 
     def __post_init__(self) -> None:
         # Freeze the mappings too, and accept lists from JSON/callers.
         set_ = object.__setattr__
         set_(self, "labels", MappingProxyType(dict(self.labels)))
         set_(self, "log_opts", MappingProxyType(dict(self.log_opts)))
-        for name in ("command", "env", "mounts", "cap_add", "cap_drop"):
+        for name in ("command", "env", "mounts", "cap_add", "cap_drop", "aliases", "ports", "dns"):
             set_(self, name, tuple(getattr(self, name)))
         if self.entrypoint is not None:
             set_(self, "entrypoint", tuple(self.entrypoint))
@@ -102,6 +118,7 @@ class ContainerConfig:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["labels"], d["log_opts"] = dict(self.labels), dict(self.log_opts)
         d["mounts"] = [dataclasses.asdict(m) for m in self.mounts]
+        d["ports"] = [dataclasses.asdict(p) for p in self.ports]
         d["resources"] = dataclasses.asdict(self.resources)
         d["restart_policy"] = self.restart_policy.to_json()
         return d
@@ -113,6 +130,7 @@ class ContainerConfig:
         kw["mounts"] = tuple(Mount(**{**m, "options": tuple(m.get("options", ()))})
                              for m in d.get("mounts", ()))
         kw["resources"] = Resources(**d.get("resources", {}))
+        kw["ports"] = tuple(PortSpec(**p) for p in d.get("ports", ()))
         kw["restart_policy"] = RestartPolicy.from_json(d.get("restart_policy", {}))
         return cls(**kw)
 
@@ -134,6 +152,7 @@ class ContainerState:
     stopped_by_user: bool = False   # Docker's HasBeenManuallyStopped (unless-stopped)
     monitor_pid: int = 0            # the engine monitor of the current start (0: none)
     monitor_start: int | None = None  # its start time, so a reused pid is not taken for it
+    ports: list[dict[str, Any]] = field(default_factory=list)  # published while it runs: PortSpec fields
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

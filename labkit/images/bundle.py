@@ -56,7 +56,8 @@ def image_file_reader(lowers_top_first: list[str]) -> Callable[[str], str | None
 
 def create_bundle(image: Image, path: str, args: list[str] | None = None, layers: LayerDirs | None = None,
                   entrypoint: list[str] | None = None, env: list[str] | None = None,
-                  hostname: str = "labkit", edit: Callable[[Spec], None] | None = None) -> Bundle:
+                  hostname: str = "labkit", edit: Callable[[Spec], None] | None = None,
+                  init_files: list[str] = ()) -> Bundle:
     """Unpack the image's layers (once, shared) and write a bundle at `path` (must not exist)."""
     if os.path.lexists(path):
         raise LabkitError(f"{path} already exists", "pick a new directory for the bundle, or delete the old one")
@@ -66,7 +67,7 @@ def create_bundle(image: Image, path: str, args: list[str] | None = None, layers
     os.makedirs(path)
     try:
         os.chmod(path, 0o755)
-        ov = overlay.prepare(os.path.join(path, "overlay"), lowers)
+        ov = overlay.prepare(os.path.join(path, "overlay"), lowers, init_files)
         os.mkdir(os.path.join(path, "rootfs"), 0o755)
         spec = runspec.to_spec(image.config, image_file_reader(list(reversed(lowers))), args=args,
                                entrypoint=entrypoint, env=env, hostname=hostname)

@@ -78,9 +78,13 @@ def check_depth(count: int) -> None:
                           "squash layers: combine RUN steps, or rebuild the image flatter")
 
 
-def prepare(base: str, lowers: list[str]) -> Overlay:
-    """Create a container's overlay dir: upper/ and work/ (empty) and l/<i> -> lowers[i]."""
-    check_depth(len(lowers))
+def prepare(base: str, lowers: list[str], init_files: list[str] = ()) -> Overlay:
+    """Create a container's overlay dir: upper/ and work/ (empty) and l/<i> -> lowers[i].
+
+    `init_files` (e.g. /etc/hosts): empty files in a layer of the container's own on top of
+    the image's, Docker's "-init" layer, so the mount points the engine binds files onto
+    are not written into the container's upper dir (nor into a volume)."""
+    check_depth(len(lowers) + bool(init_files))
     if os.path.lexists(base):
         raise LabkitError(f"{base} already exists", "each container needs its own, new overlay directory")
     os.makedirs(os.path.join(base, "l"))
@@ -89,6 +93,13 @@ def prepare(base: str, lowers: list[str]) -> Overlay:
     if not lowers:  # FROM scratch: overlayfs needs at least one lower layer
         os.mkdir(os.path.join(base, "empty"), 0o755)
         lowers = [os.path.join(base, "empty")]
+    if init_files:
+        init = os.path.join(base, "init")
+        for path in init_files:
+            target = os.path.join(init, path.lstrip("/"))
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            open(target, "w").close()
+        lowers = [*lowers, init]
     for i, layer in enumerate(lowers):
         os.symlink(os.path.abspath(layer), os.path.join(base, "l", str(i)))
     overlay = Overlay(os.path.abspath(base), [os.path.abspath(p) for p in lowers])

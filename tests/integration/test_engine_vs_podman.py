@@ -351,7 +351,10 @@ def test_inspect_state_restart_count_and_mounts(sides, tmp_path):
                                                                       if k not in times}
     assert l_state["Status"] == "exited" and l_state["ExitCode"] == 0 and l_state["Pid"] == 0
     for state in (p_state, l_state):
-        assert all(RFC3339.match(state[k]) for k in times) and state["StartedAt"] <= state["FinishedAt"], state
+        assert all(RFC3339.match(state[k]) for k in times), state
+    # Only labkit's order is asserted: podman stamps StartedAt after start returns, so for a
+    # command as short as this one its StartedAt can come after its FinishedAt (seen here by 2 ms).
+    assert l_state["StartedAt"] <= l_state["FinishedAt"], l_state
     assert (type(labkit["RestartCount"]), labkit["RestartCount"]) == (type(podman["RestartCount"]),
                                                                      podman["RestartCount"]) == (int, 0)
 

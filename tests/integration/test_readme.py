@@ -33,7 +33,8 @@ def test_the_section_has_code_to_run():
     assert kinds.count("python") >= 1 and kinds.count("sh") >= 2
 
 
-@pytest.mark.skipif(not port_free(5000), reason="127.0.0.1:5000 is taken on this machine (the README's registry port)")
+@pytest.mark.skipif(not (port_free(5000) and port_free(8080)),
+                    reason="127.0.0.1:5000 or :8080 is taken on this machine (the README's registry and published ports)")
 def test_every_block_runs_in_order(lab_tmp):
     demo = os.path.join(lab_tmp, "readme-demo")
     env = {**os.environ, "LABKIT_DATA_ROOT": os.path.join(lab_tmp, "readme-data"),
@@ -48,8 +49,10 @@ def test_every_block_runs_in_order(lab_tmp):
                 assert "built\n" in done.stdout
             if "cat /data/starts" in code:
                 assert len(done.stdout.split("\n")) > 2  # two starts recorded in the volume
+            if "network create app" in code:
+                assert done.stdout.count("hello from api\n") == 2  # by the published port, and by name
     finally:
         subprocess.run(["labkit", "registry", "stop"], env=env, capture_output=True)
-        for leftover in subprocess.run(["labkit", "ps", "-aq"], env=env, capture_output=True, text=True).stdout.split():
-            subprocess.run(["labkit", "rm", "-f", leftover], env=env, capture_output=True)
+        subprocess.run([sys.executable, "-c", "import sys; from labkit.engine.containers import Engine; "
+                        "Engine(sys.argv[1]).clear(tolerant=True)", env["LABKIT_DATA_ROOT"]], env=env)
         shutil.rmtree(demo, ignore_errors=True)

@@ -102,7 +102,7 @@ def test_internal_bridge_drops_both_ways_before_anything_is_accepted():
 
 
 def test_guard_forwarding():
-    guard = 'iifname != "lk*" oifname != "lk*" drop'
+    guard = 'iifname != "lk*" iifname != "labkit*" oifname != "lk*" oifname != "labkit*" drop'
     assert guard not in net.ruleset([A], [], False)
     fwd = chains(net.ruleset([A], [], True))["forward"]
     assert fwd[0].startswith(guard)
@@ -167,3 +167,10 @@ def test_nft_check_reports_its_message():
     with pytest.raises(net.NetError, match="nft -c rejected") as info:
         net.check_ruleset("table inet labkit {\n\tchain forward {\n\t\tbogus\n\t}\n}\n")
     assert "bogus" in str(info.value)
+
+
+def test_a_data_root_of_its_own_gets_a_table_of_its_own():
+    text = net.ruleset([A], [], False, table="labkit-0123abcd")
+    assert text.startswith("table inet labkit-0123abcd {")
+    with pytest.raises(net.NetError, match="not labkit's"):
+        net._replace("filter")
