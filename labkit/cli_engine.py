@@ -541,9 +541,8 @@ def cmd_network(args: argparse.Namespace) -> int:
     engine = _engine()
     verb = args.network_command
     if verb == "create":
-        net = engine.networks.create(args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal,
-                                     labels=dict(_pair(label, "label") for label in args.label), driver=args.driver)
-        networking.sync_rules(engine.data_root)
+        net = engine.create_network(args.name, subnet=args.subnet, gateway=args.gateway, internal=args.internal,
+                                    labels=dict(_pair(label, "label") for label in args.label), driver=args.driver)
         print(net.id)
     elif verb == "ls":
         nets = engine.networks.list()
@@ -555,18 +554,9 @@ def cmd_network(args: argparse.Namespace) -> int:
     elif verb == "inspect":
         print(json.dumps([network_json(engine, engine.networks.get(n)) for n in args.names], indent=4))
     elif verb == "rm":
-        def remove(name: str) -> None:
-            engine.networks.remove(name)
-            networking.sync_rules(engine.data_root)
-        failed = _each(args.names, remove)
-        networking.restore_forwarding()
-        return failed
+        return _each(args.names, engine.remove_network)
     elif verb == "prune":
-        gone = [n.name for n in engine.networks.list() if not n.predefined and not n.endpoints]
-        for name in gone:
-            engine.networks.remove(name)
-        networking.sync_rules(engine.data_root)
-        networking.restore_forwarding()
+        gone = engine.prune_networks()
         print("Deleted Networks:\n" + "".join(n + "\n" for n in gone) if gone else "", end="")
     elif verb == "connect":
         engine.connect(args.network, args.container, aliases=args.alias, ip=args.ip or None)

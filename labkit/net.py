@@ -131,11 +131,7 @@ def _netlink(fn: Callable[..., T], *args: Any) -> T:
     inside a loop that is already running (a Jupyter cell): then a worker thread runs it.
     """
     def call() -> T:
-        try:
-            from pyroute2 import IPRoute
-        except ImportError:
-            raise NetError("pyroute2 is not installed", "pip install pyroute2 (it is in labkit[lab])") from None
-        with IPRoute() as ipr:
+        with _iproute()() as ipr:
             return fn(ipr, *args)
 
     aio = _sys.modules.get("asyncio")  # not imported: no loop can be running
@@ -149,6 +145,17 @@ def _netlink(fn: Callable[..., T], *args: Any) -> T:
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(call).result()
+
+
+def _iproute() -> type[IPRoute]:
+    """pyroute2's IPRoute class. Importing pyroute2 costs ~0.15 s (seconds in an emulated VM),
+    so whatever forks into a namespace for netlink work calls this first: the child then
+    inherits the module instead of importing it again."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        raise NetError("pyroute2 is not installed", "pip install pyroute2 (it is in labkit[lab])") from None
+    return IPRoute
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
@@ -288,8 +295,10 @@ def _hold(name: str) -> None:
 
 
 # --- links ------------------------------------------------------------------------------------
+# The host's links are read from sysfs, not netlink: no pyroute2 import for a question this
+# small. /sys/class/net shows the namespace /sys was mounted in: the host's, for labkit.
 def link_exists(name: str) -> bool:
-    return _netlink(lambda ipr: _index(ipr, name) is not None)
+    return os.path.exists(f"/sys/class/net/{name}")
 
 
 def is_bridge(link: str) -> bool:
@@ -298,8 +307,7 @@ def is_bridge(link: str) -> bool:
 
 def lab_links() -> list[str]:
     """The host's links whose names say they are labkit's (LAB_PREFIXES)."""
-    return sorted(n for n in _netlink(lambda ipr: [m.get("ifname") for m in ipr.get_links()])
-                  if n.startswith(LAB_PREFIXES))
+    return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(LAB_PREFIXES))
 
 
 def delete_link(name: str) -> None:
@@ -444,6 +452,7 @@ def create_veth(host_name: str, ns: int | str, *, bridge: str | None, ifname: st
         except Exception as err:  # noqa: BLE001
             raise _net_error(f"{what}: step '{step}'", err) from None
 
+    _iproute()  # before run_in_netns forks (see _iproute)
     fd = _open_netns(path, what)
     try:
         _netlink(make, fd)
@@ -482,20 +491,19 @@ def set_address(link: str, cidr: str, ns: int | str | None = None) -> None:
     if ns is None:
         _netlink(add)
     else:
+        _iproute()  # before the fork
         run_in_netns(ns, _netlink, add)
 
 
 def up_loopback(ns: int | str) -> None:
     """Bring `lo` up inside namespace `ns` (a new namespace's lo is down: 127.0.0.1 fails)."""
-    def up(ipr: IPRoute) -> None:
-        ipr.link("set", index=_index(ipr, "lo"), state="up")
-
-    run_in_netns(ns, _netlink, up)
+    run_in_netns(ns, lsys.link_up, "lo")
 
 
 def addresses(ns: int | str | None = None) -> dict[str, list[str]]:
     """Every link of the host's (or `ns`'s) namespace -> its IPv4 addresses, "10.x.y.z/24"."""
     if ns is not None:
+        _iproute()  # before the fork
         return run_in_netns(ns, addresses)
 
     def collect(ipr: IPRoute) -> dict[str, list[str]]:

@@ -436,3 +436,28 @@ def seccomp_export(ctx: int, fd: int, bpf: bool = False) -> None:
 
 def seccomp_release(ctx: int) -> None:
     libseccomp().seccomp_release(ctx)
+
+
+# --- network interface flags (ioctl) --------------------------------------------------------
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def link_up(name: str) -> None:
+    """Set IFF_UP on link `name` of the calling process's network namespace: the ioctl that
+    ifconfig uses. (labkit.net does links through netlink; this one call, lo up in a new
+    namespace, is on every container start and needs no netlink library.)"""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = bytearray(struct.pack("16sh", name.encode(), 0).ljust(40, b"\0"))  # struct ifreq
+            fcntl.ioctl(s, SIOCGIFFLAGS, req)
+            flags = struct.unpack_from("h", req, 16)[0]
+            struct.pack_into("h", req, 16, flags | IFF_UP)
+            fcntl.ioctl(s, SIOCSIFFLAGS, req)
+        except OSError as err:
+            raise SyscallError(f"ioctl(SIOCSIFFLAGS, {name} up)", err.errno or 0, "") from None

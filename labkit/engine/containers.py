@@ -34,6 +34,7 @@ from ..runtime import store as rtstore
 from ..runtime.init import ExecError, wait_for_exit
 from . import faults, logs, mounts, networking, restart, volumes
 from .errors import Conflict, Invalid, NotFound
+from .networks import Network
 from .records import ContainerConfig, ContainerRecord, Mount, Store, _flock
 from .status import Event, Status, check, is_running
 from .timefmt import now_ns
@@ -366,7 +367,7 @@ class Engine:
             self.remove_after_exit(rec.id)
         else:
             self.store.remove(rec.id)
-            self._leave_networks(rec.id)
+            self._leave_networks(rec)
         return rec.id
 
     def clear(self, tolerant: bool = False) -> tuple[list[str], list[str]]:
@@ -384,11 +385,11 @@ class Engine:
         return [r.name for r in records], [v.name for v in vols]
 
     # -- networks ----------------------------------------------------------------------
-    def _leave_networks(self, cid: str) -> None:
-        """A removed container's addresses are free; the nft table and ip_forward follow."""
-        if self.networks.release(cid):
+    def _leave_networks(self, rec: ContainerRecord) -> None:
+        """A removed container's addresses are free. Its ports were unpublished when it
+        stopped, unless its monitor died first: then the nft table is rewritten here."""
+        if self.networks.release(rec.id) and rec.state.ports:
             networking.sync_rules(self.data_root)
-            networking.restore_forwarding()
 
     def clear_networks(self) -> list[str]:
         """Every network of this data root, its bridge and nft table; ip_forward restored once
@@ -396,6 +397,28 @@ class Engine:
         if not os.path.isdir(self.networks.root):
             return []
         gone = self.networks.remove_all()
+        networking.sync_rules(self.data_root)
+        networking.restore_forwarding()
+        return gone
+
+    def create_network(self, name: str, **options: Any) -> Network:
+        """`docker network create`: the record, its bridge, and its rules in the nft table."""
+        net = self.networks.create(name, **options)
+        networking.sync_rules(self.data_root)
+        return net
+
+    def remove_network(self, ref: str) -> str:
+        """`docker network rm` (refused while containers use it): its bridge and rules go."""
+        net = self.networks.remove(ref)
+        networking.sync_rules(self.data_root)
+        networking.restore_forwarding()
+        return net.name
+
+    def prune_networks(self) -> list[str]:
+        """`docker network prune`: every user network without containers."""
+        gone = [n.name for n in self.networks.list() if not n.predefined and not n.endpoints]
+        for name in gone:
+            self.networks.remove(name)
         networking.sync_rules(self.data_root)
         networking.restore_forwarding()
         return gone
@@ -456,7 +479,7 @@ class Engine:
         """--rm: the monitor removes its exited container, and its anonymous volumes."""
         rec = self.store.load(cid)
         self.store.remove(cid)
-        self._leave_networks(cid)
+        self._leave_networks(rec)
         for m in rec.config.mounts:
             if m.type == "volume" and self._is_anonymous(m.source) and not self.volume_users(m.source):
                 with contextlib.suppress(LabkitError):

@@ -226,36 +226,39 @@ def before_start(rec: ContainerRecord, pid: int, data_root: str) -> Any:
     mode = rec.config.network_mode
     if mode == "host" or mode.startswith("container:"):
         return None
-    knet.up_loopback(pid)
-    if mode == "none":
-        return None
     nets = NetworkStore(os.path.join(data_root, "networks"))
-    endpoints = nets.of_container(rec.id)
-    if endpoints:
-        enable_forwarding()
+    endpoints = [] if mode == "none" else nets.of_container(rec.id)
+    if not endpoints:
+        knet.up_loopback(pid)  # (create_veth brings lo up with the veth)
+        return None
+    enable_forwarding()
+    new_bridge = False
     for i, (net, ep) in enumerate(endpoints):
-        nets.ensure_link(net)
+        new_bridge |= nets.ensure_link(net)
         host_end = veth_name(rec.id, i)
-        with contextlib.suppress(Exception):
+        if knet.link_exists(host_end):
             knet.delete_link(host_end)  # a previous run's, if its namespace outlived it
         knet.create_veth(host_end, pid, bridge=net.link, ifname=f"eth{i}", cidr=f"{ep.ip}/{net.prefix_len}",
                          gateway=net.gateway if i == 0 else None, mac=ep.mac)
         nets.set_link(net.id, rec.id, host_end)
-    sync_rules(data_root)
+    if new_bridge or rec.state.ports:  # the table changes only with the bridges and the ports
+        sync_rules(data_root)
     if any(net.user_defined for net, _ in endpoints):
         return dns_server(rec, pid, data_root)
     return None
 
 
 def after_exit(rec: ContainerRecord, data_root: str) -> None:
-    """Unpublish the ports of a container that stopped (the caller cleared state.ports)."""
+    """Forget the veths of a container that stopped; unpublish its ports (the caller cleared
+    state.ports)."""
     if rec.config.network_mode in ("host", "none") or rec.config.network_mode.startswith("container:"):
         return
     nets = NetworkStore(os.path.join(data_root, "networks"))
     for net, ep in nets.of_container(rec.id):
         if ep.link:
-            nets.set_link(net.id, rec.id, "")
-    sync_rules(data_root)
+            nets.set_link(net.id, rec.id, "")  # the veth went with the container's namespace
+    if rec.config.ports:
+        sync_rules(data_root)
 
 
 def attach_running(rec: ContainerRecord, net: Any, data_root: str) -> None:

@@ -258,11 +258,16 @@ class NetworkStore:
         raise Conflict(f"could not find an available, non-overlapping IPv4 address pool among {POOL}",
                        "remove unused networks (`labkit network prune`) or give --subnet")
 
-    def ensure_link(self, net: Network) -> None:
-        """The network's bridge exists, with its gateway address (made again after a reboot)."""
-        if net.driver == "bridge":
-            with self.host_lock():
-                self._make_link(net)
+    def ensure_link(self, net: Network) -> bool:
+        """The network's bridge exists, with its gateway address (made on first use, and again
+        after a reboot). Whether it was made now."""
+        from .. import net as knet
+
+        if net.driver != "bridge" or knet.link_exists(net.link):
+            return False
+        with self.host_lock():
+            self._make_link(net)
+        return True
 
     @staticmethod
     def _make_link(net: Network) -> None:
@@ -350,9 +355,8 @@ class NetworkStore:
 
     def release(self, cid: str) -> list[Network]:
         """Every endpoint of a removed container: its addresses are free again. The networks
-        it left; the default bridge's link goes with its last endpoint (made again on demand)."""
-        from .. import net as knet
-
+        it left. Bridges stay (as Docker's docker0) until their network is removed or the
+        data root cleared (remove_all)."""
         left = []
         if not os.path.isdir(self.root):
             return left
@@ -361,9 +365,6 @@ class NetworkStore:
                 if net.endpoints.pop(cid, None) is not None:
                     self._save(net)
                     left.append(net)
-                    if net.name == "bridge" and not net.endpoints:
-                        with self.host_lock():
-                            knet.delete_link(net.link)
         return left
 
     def set_link(self, ref: str, cid: str, link: str) -> None:
