@@ -28,14 +28,13 @@ import errno
 import ipaddress
 import json
 import os
-import pickle
 import re
 import select
 import shutil
 import signal
 import subprocess
 import sys as _sys
-import traceback
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from . import sys as lsys
@@ -125,15 +124,17 @@ def _net_error(what: str, err: BaseException) -> NetError:
 
 
 def _netlink(fn: Callable[..., T], *args: Any) -> T:
-    """fn(ipr, *args) with a fresh rtnetlink socket of this process's network namespace.
-
-    pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which cannot run
-    inside a loop that is already running (a Jupyter cell): then a worker thread runs it.
-    """
+    """fn(ipr, *args) with a fresh rtnetlink socket of the calling thread's network namespace."""
     def call() -> T:
         with _iproute()() as ipr:
             return fn(ipr, *args)
 
+    return _off_loop(call)
+
+
+def _off_loop(call: Callable[[], T]) -> T:
+    """call(), on a worker thread if this thread runs an asyncio loop (a Jupyter cell): pyroute2
+    0.9's synchronous sockets drive a loop of their own, which cannot run inside another."""
     aio = _sys.modules.get("asyncio")  # not imported: no loop can be running
     try:
         if aio is not None:
@@ -148,9 +149,8 @@ def _netlink(fn: Callable[..., T], *args: Any) -> T:
 
 
 def _iproute() -> type[IPRoute]:
-    """pyroute2's IPRoute class. Importing pyroute2 costs ~0.15 s (seconds in an emulated VM),
-    so whatever forks into a namespace for netlink work calls this first: the child then
-    inherits the module instead of importing it again."""
+    """pyroute2's IPRoute class (imported on first use: it costs ~0.15 s, seconds in an
+    emulated VM, and a container with no network needs none of it)."""
     try:
         from pyroute2 import IPRoute
     except ImportError:
@@ -172,58 +172,34 @@ def _open_netns(path: str, what: str) -> int:
                        "the process holding it has exited, or the path is wrong") from None
 
 
-def run_in_netns(ns: int | str, fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) inside the network namespace `ns` (a pid, or a path such as /proc/PID/ns/net).
+def run_in_netns(ns: int | str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs) inside the network namespace `ns` (a pid, or a path such as /proc/PID/ns/net):
+    its result, or its exception raised here.
 
-    setns(2) changes the namespace of the calling thread for good, so a forked child joins
-    it instead; the caller's namespace never changes. The result (or the exception) comes
-    back pickled over a pipe, so it must be picklable.
+    setns(2) moves only the calling *thread*, and for good; so fn runs on a new thread that
+    joins `ns` and then ends, and the caller's namespace never changes. No fork: safe in a
+    multi-threaded process (a Jupyter kernel), and what fn makes there — a netlink or packet
+    socket, a process it starts — belongs to `ns`. Inside fn, /proc/self/… names the process's
+    main thread: use /proc/thread-self/….
     """
     path = _ns_path(ns)
     fd = _open_netns(path, f"network namespace {path}")
-    try:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-    except BaseException:
-        os.close(fd)
-        raise
-    if pid == 0:  # the child: never returns into the caller's code
-        status = 1
+    outcome: list[tuple[bool, Any]] = []
+
+    def body() -> None:
         try:
-            os.close(read_end)
-            try:
-                lsys.setns(fd, lsys.CLONE_NEWNET)
-                outcome: tuple[bool, Any] = (True, fn(*args))
-            except BaseException as err:  # noqa: BLE001 - the parent re-raises it
-                if not isinstance(err, LabkitError):  # an unexpected one: say where it happened
-                    err.add_note(f"(raised in network namespace {path}, child pid {os.getpid()})\n"
-                                 + "".join(traceback.format_exception(err)).rstrip())
-                outcome = (False, err)
-            try:
-                data = pickle.dumps(outcome)
-                pickle.loads(data)  # the parent must be able to read it, too
-            except Exception as err:  # noqa: BLE001
-                data = pickle.dumps((False, NetError(f"run_in_netns: the result of {fn!r} cannot be pickled: {err}",
-                                                     "return plain data (str, int, list, dict)")))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view):]
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(fd)
-    os.close(write_end)
-    chunks = []
+            lsys.setns(fd, lsys.CLONE_NEWNET)
+            outcome.append((True, fn(*args, **kwargs)))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            outcome.append((False, err))
+
     try:
-        with os.fdopen(read_end, "rb") as pipe:
-            while chunk := pipe.read(65536):
-                chunks.append(chunk)
+        worker = threading.Thread(target=body, name=f"netns {path}", daemon=True)
+        worker.start()
+        worker.join()
     finally:
-        _, wait_status = os.waitpid(pid, 0)
-    if not chunks:
-        raise NetError(f"run_in_netns: the child in {path} died (wait status {wait_status:#x})",
-                       "it was killed, or fn called os._exit: see the kernel log")
-    ok, value = pickle.loads(b"".join(chunks))
+        os.close(fd)
+    ok, value = outcome[0]
     if ok:
         return value
     raise value
@@ -452,7 +428,6 @@ def create_veth(host_name: str, ns: int | str, *, bridge: str | None, ifname: st
         except Exception as err:  # noqa: BLE001
             raise _net_error(f"{what}: step '{step}'", err) from None
 
-    _iproute()  # before run_in_netns forks (see _iproute)
     fd = _open_netns(path, what)
     try:
         _netlink(make, fd)
@@ -491,7 +466,6 @@ def set_address(link: str, cidr: str, ns: int | str | None = None) -> None:
     if ns is None:
         _netlink(add)
     else:
-        _iproute()  # before the fork
         run_in_netns(ns, _netlink, add)
 
 
@@ -503,7 +477,6 @@ def up_loopback(ns: int | str) -> None:
 def addresses(ns: int | str | None = None) -> dict[str, list[str]]:
     """Every link of the host's (or `ns`'s) namespace -> its IPv4 addresses, "10.x.y.z/24"."""
     if ns is not None:
-        _iproute()  # before the fork
         return run_in_netns(ns, addresses)
 
     def collect(ipr: IPRoute) -> dict[str, list[str]]:
@@ -553,6 +526,109 @@ def bridge_fdb(bridge: str) -> list[dict]:
         return entries
 
     return _netlink(collect)
+
+
+def create_vxlan(name: str, vni: int, *, local: str, remote: str, dev: str, port: int = 4789,
+                 bridge: str | None = None, ns: int | str | None = None) -> None:
+    """A VXLAN tunnel end `name` (segment `vni`): Ethernet frames it is given leave inside UDP
+    datagrams from `local` to `remote`:`port` over link `dev` (the underlay), and arrive the
+    other way. A port of `bridge` if given; up. In namespace `ns` if given (a simulated host)."""
+    _check_name(name, ours=ns is None)
+    if not 0 < vni < 1 << 24:
+        raise NetError(f"VXLAN id {vni} is out of range", "a VNI has 24 bits: 1 … 16777215")
+    for address in (local, remote):
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise NetError(f"{address!r} is not an IPv4 address", "the underlay addresses, e.g. 198.51.100.1") from None
+
+    def make(ipr: IPRoute) -> None:
+        step = "create"
+        try:
+            under = _index(ipr, dev)
+            if under is None:
+                raise NetError(f"underlay link {dev} does not exist", "create and address it first")
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_group=remote,
+                     vxlan_port=port, vxlan_link=under)
+            index = _index(ipr, name)
+            if bridge is not None:
+                step = f"enslave to {bridge}"
+                ipr.link("set", index=index, master=_index(ipr, bridge))
+            step = "up"
+            ipr.link("set", index=index, state="up")
+        except NetError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise _net_error(f"vxlan {name} ({step})", err) from None
+
+    if ns is None:
+        _netlink(make)
+    else:
+        run_in_netns(ns, _netlink, make)
+
+
+def conntrack(ns: int | str | None = None) -> list[dict[str, Any]]:
+    """The connection-tracking table (of `ns`, or the host's), as `conntrack -L` prints it:
+    [{"proto", "orig": (src, dst, sport, dport), "reply": (...)}]; ports are None for ICMP.
+    NAT shows as a reply tuple that is not the original reversed."""
+    def dump() -> list[dict[str, Any]]:
+        from pyroute2 import Conntrack
+
+        entries = []
+        with Conntrack() as ct:
+            for e in ct.dump_entries():
+                o, r = e.tuple_orig, e.tuple_reply
+                entries.append({"proto": o.proto_name or str(o.proto),
+                                "orig": (o.saddr, o.daddr, o.sport, o.dport),
+                                "reply": (r.saddr, r.daddr, r.sport, r.dport)})
+        return entries
+
+    return _off_loop(dump) if ns is None else run_in_netns(ns, dump)
+
+
+class PacketCapture:
+    """Every frame that crosses `link` in namespace `ns` (an AF_PACKET socket, tcpdump's):
+    open it, make the traffic, then read `frames()`. Use it as a context manager."""
+
+    ETH_P_ALL = 0x0003
+
+    def __init__(self, ns: int | str, link: str) -> None:
+        import socket
+
+        def open_socket() -> socket.socket:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETH_P_ALL))
+            try:
+                sock.bind((link, 0))  # the name is looked up in the socket's namespace
+            except OSError as err:
+                sock.close()
+                raise NetError(f"capture on {link}: {err.strerror}", "check the link's name inside the namespace") from None
+            return sock
+
+        self.sock = run_in_netns(ns, open_socket)
+
+    def frames(self, match: Callable[[bytes], bool] = lambda frame: True, count: int = 1,
+               timeout: float = 5.0) -> list[bytes]:
+        """The next `count` frames that `match` accepts (fewer if `timeout` seconds pass first)."""
+        import time
+
+        found: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if ready:
+                frame = self.sock.recv(65535)
+                if match(frame):
+                    found.append(frame)
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> PacketCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- sysctls -------------------------------------------------------------------------------------

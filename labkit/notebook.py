@@ -133,6 +133,7 @@ def _clear_workspace(path: str) -> None:
         engine = Engine(data_root)
         engine.runtime_root = runtime_root  # that run's runtime state, not this process's
         engine.clear(tolerant=True)
+    _restore_sysctls(os.path.join(path, "run", "net-sysctl.json"))
     if os.path.isdir(runtime_root):
         for state in runtime.list_containers(root=runtime_root):
             with contextlib.suppress(LabkitError):
@@ -141,3 +142,13 @@ def _clear_workspace(path: str) -> None:
         if leak.name.startswith(path + os.sep):
             doctor.remove(leak)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _restore_sysctls(record: str) -> None:
+    """The host sysctls a dead run changed (ip_forward), put back once no labkit bridge is left
+    (another open session's containers may still need forwarding)."""
+    if os.path.exists(record):
+        from . import net as knet
+
+        if not any(knet.is_bridge(link) for link in knet.lab_links()):
+            knet.restore_host_sysctls(record=record)

@@ -439,25 +439,42 @@ def seccomp_release(ctx: int) -> None:
 
 
 # --- network interface flags (ioctl) --------------------------------------------------------
+# (labkit.net does links through netlink; these two ioctls, the ones ifconfig uses, answer and
+# set "is it up" in the calling thread's network namespace without a netlink library: lo up
+# in a new namespace is on every container start.)
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+_IFREQ_FLAGS = "16sH22x"  # struct ifreq: the name, then ifr_flags in the 24-byte union
+
+
+def _link_flags(sock: object, name: str) -> int:
+    import fcntl
+    import struct
+
+    try:
+        reply = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack(_IFREQ_FLAGS, name.encode(), 0))
+    except OSError as err:
+        raise SyscallError(f"ioctl(SIOCGIFFLAGS, {name})", err.errno or 0) from None
+    return struct.unpack(_IFREQ_FLAGS, reply)[1]
+
+
+def link_is_up(name: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return bool(_link_flags(s, name) & IFF_UP)
 
 
 def link_up(name: str) -> None:
-    """Set IFF_UP on link `name` of the calling process's network namespace: the ioctl that
-    ifconfig uses. (labkit.net does links through netlink; this one call, lo up in a new
-    namespace, is on every container start and needs no netlink library.)"""
+    """Set IFF_UP on link `name`."""
     import fcntl
     import socket
     import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = _link_flags(s, name)
         try:
-            req = bytearray(struct.pack("16sh", name.encode(), 0).ljust(40, b"\0"))  # struct ifreq
-            fcntl.ioctl(s, SIOCGIFFLAGS, req)
-            flags = struct.unpack_from("h", req, 16)[0]
-            struct.pack_into("h", req, 16, flags | IFF_UP)
-            fcntl.ioctl(s, SIOCSIFFLAGS, req)
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(_IFREQ_FLAGS, name.encode(), flags | IFF_UP))
         except OSError as err:
-            raise SyscallError(f"ioctl(SIOCSIFFLAGS, {name} up)", err.errno or 0, "") from None
+            raise SyscallError(f"ioctl(SIOCSIFFLAGS, {name} up)", err.errno or 0) from None

@@ -21,7 +21,6 @@ dnslib (a DNS wire-format library) is imported lazily: the monitor runs as
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import select
@@ -368,37 +367,14 @@ def _read_tcp_message(conn: socket.socket) -> bytes | None:
 
 
 def _sockets_in_netns(pid: int, address: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a listening TCP socket bound in `pid`'s netns: setns there, create them, come back.
-    The sockets stay in the netns they were created in, whatever netns their owner is in later."""
-    # thread-self: setns changes only the calling thread's netns, so return to that thread's own
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    """A UDP and a listening TCP socket bound in `pid`'s netns. They stay in the netns they were
+    created in, whatever netns their owner is in later."""
+    from .. import net as knet
+
     try:
-        try:
-            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise DnsError(f"cannot open the network namespace of pid {pid}: {err.strerror}",
-                           hint="the container's process has exited, or this needs root") from None
-        try:
-            lsys.setns(target, lsys.CLONE_NEWNET)
-        finally:
-            os.close(target)
-        try:
-            return _bind(address, port)
-        finally:
-            lsys.setns(home, lsys.CLONE_NEWNET)  # before anything else runs in this thread
-    finally:
-        os.close(home)
-
-
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-_IFREQ = struct.Struct("16sH14x")  # struct ifreq: the name, then ifr_flags
-
-
-def _lo_is_up(sock: socket.socket) -> bool:
-    """Is lo up in the netns of `sock`? (ioctls on a socket act in the socket's netns.)"""
-    reply = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0))
-    return bool(_IFREQ.unpack(reply)[1] & IFF_UP)
+        return knet.run_in_netns(pid, _bind, address, port)
+    except knet.NetError as err:
+        raise DnsError(err.what, hint=err.hint) from None
 
 
 def _bind(address: str, port: int) -> tuple[socket.socket, socket.socket]:
@@ -406,7 +382,7 @@ def _bind(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | flags)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM | flags)
     try:
-        if ipaddress.ip_address(address).is_loopback and not _lo_is_up(udp):
+        if ipaddress.ip_address(address).is_loopback and not lsys.link_is_up("lo"):  # in the target netns now
             # bound now, 127.0.0.11 would pass for a broadcast address and replies would leave
             # from 127.0.0.1, which the client's connected socket drops
             raise OSError(errno.EADDRNOTAVAIL, "the loopback interface is down")

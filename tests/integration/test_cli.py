@@ -122,6 +122,15 @@ def test_reset_removes_a_leaked_container_and_its_shim(make_bundle, run_root):
 
 @pytest.mark.skipif(not shutil.which("docker-registry"), reason="needs docker-registry (apt-get install docker-registry)")
 def test_images_build_push_pull_and_run_like_docker(tmp_path, monkeypatch):
+    from labkit.engine.containers import Engine
+
+    try:
+        _build_push_pull_and_run(tmp_path, monkeypatch)
+    finally:
+        Engine(str(tmp_path / "labkit-data-b")).clear()  # the default bridge its runs made
+
+
+def _build_push_pull_and_run(tmp_path, monkeypatch):
     """build -> push to a loopback registry -> pull into another store -> images -> run, all by CLI."""
     from labkit.images.base import busybox_image
     from labkit.images.store import Store

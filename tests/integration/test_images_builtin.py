@@ -37,9 +37,12 @@ def work(lab_tmp):
 
 @pytest.fixture
 def data_root(work):
+    from labkit.engine.containers import Engine
+
     path = work / "data"
     path.mkdir()
-    return str(path)
+    yield str(path)
+    Engine(str(path)).clear()  # its containers, and the default bridge their runs made
 
 
 @pytest.fixture

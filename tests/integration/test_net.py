@@ -206,7 +206,7 @@ def test_holder_holds_a_new_namespace_and_is_found_by_doctor():
 
 def test_run_in_netns_returns_and_reraises(lab):
     own = os.stat("/proc/self/ns/net").st_ino
-    assert net.run_in_netns(lab.c1.pid, lambda: os.stat("/proc/self/ns/net").st_ino) == os.stat(lab.c1.path).st_ino
+    assert net.run_in_netns(lab.c1.pid, lambda: os.stat("/proc/thread-self/ns/net").st_ino) == os.stat(lab.c1.path).st_ino
     assert net.run_in_netns(lab.c1.path, lambda a, b: {"sum": a + b}, 2, 3) == {"sum": 5}
     with pytest.raises(ValueError, match="invalid literal"):
         net.run_in_netns(lab.c1.pid, int, "x")
