@@ -4,7 +4,7 @@
 #   ./lab.sh test [ARGS]    set up, then the whole test suite (pytest ARGS if given);
 #                           on a host that is not cgroup v2, in CI (CI=true) or with
 #                           LAB_VM_TESTS=1 also the cgroup v2 run in the Vagrant VM
-#                           (~20 min; LAB_VM_TESTS=0 skips it)
+#                           (~30 min; LAB_VM_TESTS=0 skips it)
 #   ./lab.sh setup          set up only (apt packages, .venv, pip install -e .[all])
 #   ./lab.sh packages       print the Debian packages set-up installs (the CI box has them built in)
 #   ./lab.sh venv           only .venv (LAB_VENV=DIR elsewhere; LAB_WHEELS=DIR: offline, from wheels)
@@ -101,7 +101,7 @@ test_all() {
   say "host test suite (cgroup $(stat -fc %T /sys/fs/cgroup | sed 's/cgroup2fs/v2/;s/tmpfs/v1 hybrid/')): $((SECONDS - t0)) s"
   # Both cgroup versions are proven on every full run: a host that is not cgroup v2 (like
   # the CI machine, v1 hybrid) also runs the `vm` tests in the students' Vagrant VM on v2
-  # (~20 min). CI=true or LAB_VM_TESTS=1 asks for that stage anywhere; LAB_VM_TESTS=0 skips it.
+  # (~30 min). CI=true or LAB_VM_TESTS=1 asks for that stage anywhere; LAB_VM_TESTS=0 skips it.
   local vm=${LAB_VM_TESTS:-}
   if [ -z "$vm" ]; then
     if [ "${CI:-}" = true ] || [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then vm=1; else vm=0; fi
