@@ -132,6 +132,11 @@ def _netlink(fn: Callable[..., T], *args: Any) -> T:
     return _off_loop(call)
 
 
+def _netlink_in(ns: int | str | None, fn: Callable[..., T], *args: Any) -> T:
+    """_netlink in namespace `ns`, or in the caller's if None."""
+    return _netlink(fn, *args) if ns is None else run_in_netns(ns, _netlink, fn, *args)
+
+
 def _off_loop(call: Callable[[], T]) -> T:
     """call(), on a worker thread if this thread runs an asyncio loop (a Jupyter cell): pyroute2
     0.9's synchronous sockets drive a loop of their own, which cannot run inside another."""
@@ -463,10 +468,7 @@ def set_address(link: str, cidr: str, ns: int | str | None = None) -> None:
         except Exception as err:  # noqa: BLE001
             raise _net_error(f"address {cidr} on {link}", err) from None
 
-    if ns is None:
-        _netlink(add)
-    else:
-        run_in_netns(ns, _netlink, add)
+    _netlink_in(ns, add)
 
 
 def up_loopback(ns: int | str) -> None:
@@ -561,10 +563,7 @@ def create_vxlan(name: str, vni: int, *, local: str, remote: str, dev: str, port
         except Exception as err:  # noqa: BLE001
             raise _net_error(f"vxlan {name} ({step})", err) from None
 
-    if ns is None:
-        _netlink(make)
-    else:
-        run_in_netns(ns, _netlink, make)
+    _netlink_in(ns, make)
 
 
 def conntrack(ns: int | str | None = None) -> list[dict[str, Any]]:

@@ -15,6 +15,14 @@
    nft refuses a bad rule before anything changes; a rule that loads but leads
    nowhere is told apart by what it says (no dnat, another port, another address).
 
+3. `nat_out(pid)` gives the namespace of process `pid` (eth0 10.206.8.2/24, its host end
+   10.206.8.1) a way out through the host: it adds the namespace's default route and returns
+   one nftables rule that masquerades the namespace's traffic. The check puts the rule into
+   a nat chain on the postrouting hook of its own table, then connects from the namespace
+   to a "far" host namespace (10.206.7.2, joined to the host by a veth whose host end is
+   10.206.7.1, routed back to the host), whose server answers with the address it saw: the
+   host's (10.206.7.1) if the rule masqueraded, the namespace's own if it did not.
+
 Every check makes what it needs under random names and removes it afterwards, also when
 the learner's code fails. Hints come in tiers: the first failure of a kind gets a nudge,
 the next a pointer, the third the answer (`HINTS.reset()` starts over).
@@ -22,6 +30,7 @@ the next a pointer, the third the answer (`HINTS.reset()` starts over).
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import secrets
 import subprocess
@@ -192,3 +201,100 @@ def publish_by_hand(rule: Callable[[str], str]) -> Verdict:
     return HINTS.failed("publish", "no-answer", "the rule looks right, but the container did not answer", (
         "is the container running? `labkit ps`", "see `nft list table inet labkit-ch06ex` while the check runs",
         'f"tcp dport 9090 dnat ip to {container_ip}:80"'))
+
+
+# --- 3 · NAT out by hand --------------------------------------------------------------------
+INNER, INNER_HOST, FAR, FAR_HOST, FAR_PORT = "10.206.8.2", "10.206.8.1", "10.206.7.2", "10.206.7.1", 7000
+WHO = ("import socket\n"
+       f"s = socket.create_server(({FAR!r}, {FAR_PORT}))\n"
+       "print('ready', flush=True)\n"
+       "while True:\n"
+       "    c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n")
+
+
+def _ask_far() -> str:
+    """From inside the namespace: the address the far host saw, or why there was none."""
+    import socket
+
+    try:
+        with socket.create_connection((FAR, FAR_PORT), timeout=3) as conn:
+            return conn.recv(64).decode()
+    except OSError as err:
+        return f"error {err.errno or 'timeout'}"
+
+
+@contextlib.contextmanager
+def _nat_lab() -> Iterator[tuple[knet.NetnsHolder, knet.NetnsHolder]]:
+    """The namespace to let out (no default route) and the far host with its server."""
+    import sys
+
+    from ..engine import networking
+
+    tok = secrets.token_hex(2)
+    links = [f"lkch6n{tok}", f"lkch6f{tok}"]
+    with knet.NetnsHolder("ch06-inner-" + tok) as inner, knet.NetnsHolder("ch06-far-" + tok) as far:
+        server = None
+        try:
+            knet.create_veth(links[0], inner.pid, bridge=None, cidr=f"{INNER}/24")
+            knet.set_address(links[0], f"{INNER_HOST}/24")
+            knet.create_veth(links[1], far.pid, bridge=None, cidr=f"{FAR}/24", gateway=FAR_HOST)
+            knet.set_address(links[1], f"{FAR_HOST}/24")
+            networking.enable_forwarding()  # (recorded; put back when the lab's last bridge goes)
+            server = far.popen([sys.executable, "-c", WHO], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            server.stdout.readline()  # "ready"
+            yield inner, far
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+                server.stdout.close()
+            for link in links:
+                knet.delete_link(link)
+
+
+def nat_by_hand(nat_out: Callable[[int], str]) -> Verdict:
+    with _nat_lab() as (inner, _far):
+        try:
+            text = str(nat_out(inner.pid) or "").strip()
+        except Exception as err:  # noqa: BLE001
+            return HINTS.failed("nat", "raised", f"nat_out() raised {type(err).__name__}: {err}", (
+                "read the error: which step failed?",
+                "the route goes inside the namespace (nsenter --net=/proc/PID/ns/net ip route add …); "
+                "the rule is only returned, as text",
+                f"ip route add default via {INNER_HOST} (inside), and return "
+                f'"ip saddr 10.206.8.0/24 masquerade"'))
+        if text:
+            try:
+                knet.apply_ruleset(_nat_table(text), table=EX_TABLE)
+            except knet.NetError as err:
+                return HINTS.failed("nat", "refused", f"nft refused the rule: {err.what.splitlines()[-1]}", (
+                    "check the rule's syntax: `nft -c -f FILE` says where it stops",
+                    "a match on the source (`ip saddr SUBNET`), then the statement `masquerade`",
+                    '"ip saddr 10.206.8.0/24 masquerade"'))
+        try:
+            seen = knet.run_in_netns(inner.pid, _ask_far)
+        finally:
+            knet.remove_table(EX_TABLE)
+    if seen == FAR_HOST:
+        return passed(f"the far host saw {FAR_HOST}, the host's address: your namespace got out, masqueraded")
+    if seen == f"error {errno.ENETUNREACH}":
+        return HINTS.failed("nat", "no-route", f"the namespace has no route to {FAR}", (
+            "a namespace with only its own /24 cannot send anywhere else: where should such packets go?",
+            f"give it a default route through the host's end of its cable, {INNER_HOST}",
+            f"nsenter --net=/proc/PID/ns/net ip route add default via {INNER_HOST}"))
+    if seen == INNER:
+        return HINTS.failed("nat", "no-masquerade", f"the far host saw {INNER}, the namespace's own address", (
+            "the packets got out, but with a source address the far side should never see "
+            "(and on a real network could not answer)",
+            "rewrite the source of what leaves the namespace's subnet: nft's `masquerade` statement",
+            '"ip saddr 10.206.8.0/24 masquerade"'))
+    return HINTS.failed("nat", "no-answer", f"the far host did not answer ({seen or 'nothing'})", (
+        "is the default route's gateway the host's end of the cable?",
+        f"`ip route` inside should say: default via {INNER_HOST} dev eth0",
+        f"nsenter --net=/proc/PID/ns/net ip route add default via {INNER_HOST}; return "
+        '"ip saddr 10.206.8.0/24 masquerade"'))
+
+
+def _nat_table(rule: str) -> str:
+    return (f"table inet {EX_TABLE} {{\n"
+            f"  chain postrouting {{\n    type nat hook postrouting priority srcnat;\n    {rule}\n  }}\n}}\n")

@@ -101,3 +101,32 @@ def test_publish_mistakes_get_their_hint(rule, says, hint):
     verdict = ch06.publish_by_hand(rule)
     assert not verdict and says in verdict.message and hint in verdict.hint, verdict
     assert not knet.table_exists(ch06.EX_TABLE)
+
+
+def default_route(pid):
+    ip(pid, "route", "add", "default", "via", "10.206.8.1")
+
+
+def nat_out(pid):  # the reference answer
+    default_route(pid)
+    return "ip saddr 10.206.8.0/24 masquerade"
+
+
+def test_nat_reference_passes():
+    verdict = ch06.nat_by_hand(nat_out)
+    assert verdict, verdict
+    assert not knet.table_exists(ch06.EX_TABLE)
+
+
+@pytest.mark.parametrize("answer, says, hint", [
+    (lambda pid: "ip saddr 10.206.8.0/24 masquerade", "has no route to 10.206.7.2", "where should such packets go"),
+    (lambda pid: default_route(pid), "saw 10.206.8.2, the namespace's own address", "should never see"),
+    (lambda pid: default_route(pid) or "ip saddr 10.206.9.0/24 masquerade", "saw 10.206.8.2", "should never see"),
+    (lambda pid: default_route(pid) or "masquerade ip saddr", "nft refused the rule", "syntax"),
+    (lambda pid: ip(pid, "route", "add", "default", "via", "10.206.9.9"), "nat_out() raised CalledProcessError",
+     "read the error"),  # a gateway not on the namespace's link
+])
+def test_nat_mistakes_get_their_hint(answer, says, hint):
+    verdict = ch06.nat_by_hand(answer)
+    assert not verdict and says in verdict.message and hint in verdict.hint, verdict
+    assert not knet.table_exists(ch06.EX_TABLE)

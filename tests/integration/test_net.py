@@ -270,6 +270,9 @@ def test_masquerade_outside_sees_the_hosts_address(lab):
     answer = net.run_in_netns(lab.c1.pid, request, lab.ip_o, SERVER_PORT)
     assert answer == f"{lab.host_o} hi"  # not the container's 10.210 address
     assert net.run_in_netns(lab.c3.pid, request, lab.ip_o, SERVER_PORT) == f"{lab.host_o} hi"
+    c1 = net.run_in_netns(lab.c1.pid, lambda: net.addresses()["eth0"][0].split("/")[0])
+    rewritten = [e for e in net.conntrack() if e["orig"][:2] == (c1, lab.ip_o) and e["orig"][3] == SERVER_PORT]
+    assert rewritten and all(e["reply"][:2] == (lab.ip_o, lab.host_o) for e in rewritten)  # conntrack -L's NAT
 
 
 def test_published_on_loopback_reaches_the_container_from_the_host_only(lab):
@@ -366,3 +369,51 @@ def test_ip_forward_is_recorded_once_and_restored(lab):
     finally:
         net.set_host_sysctl(FORWARD, "1")  # for the other tests; the fixture restores it
     assert net.changed_host_sysctls() == {FORWARD: "0"}
+
+
+def test_vxlan_overlay_between_two_simulated_hosts_and_its_frames():
+    """Two "hosts" (namespaces) joined by an underlay veth, a bridge and a VXLAN port in each, a
+    "container" on each bridge: they reach each other; the underlay carries UDP to port 4789
+    with the VNI and the containers' own frame inside. Everything lives in the namespaces: the host gets no link, route or rule."""
+    host_links = set(os.listdir("/sys/class/net"))
+    macs = {"l": "02:42:0a:ce:2b:02", "r": "02:42:0a:ce:2b:03"}
+    with net.NetnsHolder("t-host1") as h1, net.NetnsHolder("t-host2") as h2, \
+            net.NetnsHolder("t-left") as left, net.NetnsHolder("t-right") as right:
+        net.run_in_netns(h1.pid, net.create_veth, "lkul1", h2.pid, bridge=None, ifname="lkul2",
+                         cidr="198.18.42.2/24")
+        net.set_address("lkul1", "198.18.42.1/24", ns=h1.pid)
+        for hostns, me, peer, dev, box, side, addr in ((h1, "198.18.42.1", "198.18.42.2", "lkul1", left, "l", "10.206.43.2"),
+                                                       (h2, "198.18.42.2", "198.18.42.1", "lkul2", right, "r", "10.206.43.3")):
+            net.run_in_netns(hostns.pid, net.create_bridge, "lkbr43", None)
+            net.create_vxlan("lkvx43", 43, local=me, remote=peer, dev=dev, bridge="lkbr43", ns=hostns.pid)
+            net.run_in_netns(hostns.pid, net.create_veth, "lkc" + side, box.pid, bridge="lkbr43",
+                             cidr=f"{addr}/24", mtu=1450, mac=macs[side])
+        assert set(os.listdir("/sys/class/net")) == host_links
+
+        def vxlan(frame: bytes) -> bool:
+            # outer IPv4, UDP to 4789; inner IPv4 (the first frames are the containers' ARP)
+            return (frame[12:14] == b"\x08\x00" and frame[23] == 17 and frame[36:38] == (4789).to_bytes(2, "big")
+                    and frame[62:64] == b"\x08\x00")
+
+        with net.PacketCapture(h1.pid, "lkul1") as capture:
+            assert left.run(["/bin/busybox", "ping", "-c", "1", "-W", "2", "10.206.43.3"]).returncode == 0
+            frames = capture.frames(vxlan, count=1)
+        assert frames, "no VXLAN datagram crossed the underlay"
+        frame = frames[0]
+        assert socket.inet_ntoa(frame[26:30]) == "198.18.42.1" and socket.inet_ntoa(frame[30:34]) == "198.18.42.2"
+        assert int.from_bytes(frame[46:49], "big") == 43  # the VNI (after 14 + 20 + 8 bytes and 4 of flags)
+        inner = frame[50:]
+        assert inner[6:12] == bytes.fromhex(macs["l"].replace(":", ""))  # the container's own source MAC
+        assert socket.inet_ntoa(inner[26:30]) == "10.206.43.2" and socket.inet_ntoa(inner[30:34]) == "10.206.43.3"
+        assert not left.run(["/bin/busybox", "ping", "-c", "1", "-W", "1", "198.18.42.2"]).returncode == 0
+    assert set(os.listdir("/sys/class/net")) == host_links
+
+
+def test_create_vxlan_refuses_bad_input_before_any_kernel_object():
+    with pytest.raises(net.NetError, match="out of range"):
+        net.create_vxlan("lkvxbad", 1 << 24, local="198.18.0.1", remote="198.18.0.2", dev="lo")
+    with pytest.raises(net.NetError, match="not an IPv4 address"):
+        net.create_vxlan("lkvxbad", 7, local="fe80::1", remote="198.18.0.2", dev="lo")
+    with pytest.raises(net.NetError):
+        net.create_vxlan("vxlan0", 7, local="198.18.0.1", remote="198.18.0.2", dev="lo")  # not an lk* name on the host
+    assert not net.link_exists("lkvxbad")
